@@ -1,0 +1,45 @@
+"""Dropout: randomly zero units while training so no unit can be relied on alone."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lamina.layer import Layer, check_input_shape, check_key, layer_error
+
+
+def Dropout(rate: float) -> Layer:
+    """Inverted dropout: zeroes each unit with probability `rate`, scales the rest.
+
+    Kept units are divided by `1 - rate`, so the expected output equals the
+    input and inference (`key=None`) is the identity with no rescaling.
+
+    Args:
+      rate: probability of dropping a unit, in `[0, 1)`.
+
+    Returns:
+      A `Layer` without params. `apply(params, x, key=None)` returns `x`;
+      with a PRNG key it draws a mask from that key (same key, same mask).
+
+    Raises:
+      ValueError: `rate` outside `[0, 1)`.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise layer_error(
+            "Dropout", f"rate must be a number in [0, 1), got {rate!r}", TypeError
+        )
+    if not 0.0 <= rate < 1.0:
+        raise layer_error("Dropout", f"rate must be in [0, 1), got {rate}")
+    name = f"Dropout({rate})"
+
+    def init(key, input_shape):
+        return check_input_shape(name, input_shape), ()
+
+    def apply(params, x, *, key=None):
+        if key is None or rate == 0.0:
+            return x
+        check_key(name, key)
+        keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
+        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+    return Layer(init, apply, name)

@@ -1,0 +1,168 @@
+"""Parameter trees: their shapes without allocating, and checking one against a model."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+
+from lamina.layer import Layer, Params, Shape, layer_error, trace_of
+
+
+def check_layer_type(where: str, model: Any) -> Layer:
+    """Raises a TypeError unless `model` is a lamina `Layer`."""
+    if not isinstance(model, Layer):
+        hint = " (did you forget to call it, e.g. lm.Relu()?)" if callable(model) else ""
+        raise layer_error(
+            where,
+            f"expected a lamina Layer such as lm.mlp([10]), got "
+            f"{type(model).__name__} {model!r}{hint}",
+            TypeError,
+        )
+    return model
+
+
+def param_shapes(
+    model: Layer, input_shape: Shape, key: Optional[jax.Array] = None
+) -> tuple[Any, Params]:
+    """Shapes of a model's output and params, without computing or allocating them.
+
+    `model.init` runs under `jax.eval_shape`, so even a model with billions of
+    parameters answers in milliseconds and uses no memory for weights.
+
+    Args:
+      model: a `Layer`.
+      input_shape: the shape of one example, e.g. `(784,)`.
+      key: optional PRNG key; only its type matters.
+
+    Returns:
+      `(output_shape, params)` where params is the params tree with a
+      `jax.ShapeDtypeStruct` at every leaf.
+
+    Example:
+      >>> import lamina as lm
+      >>> out, shapes = lm.param_shapes(lm.mlp([256, 10]), (784,))
+      >>> out, shapes[0]["W"].shape
+      ((10,), (256, 784))
+    """
+    check_layer_type("param_shapes", model)
+    out_shapes = []
+
+    def params_only(k):
+        out_shape, params = model.init(k, input_shape)
+        out_shapes.append(out_shape)
+        return params
+
+    params = jax.eval_shape(params_only, jax.random.key(0) if key is None else key)
+    return out_shapes[0], params
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+    """`(2, "W")` or a `jax.tree_util` key path -> `"2.W"`."""
+    parts = []
+    for k in path:
+        for attr in ("idx", "key", "name"):
+            if hasattr(k, attr):
+                k = getattr(k, attr)
+                break
+        parts.append(str(k))
+    return ".".join(parts)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return f"a dict with keys {sorted(value)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    if hasattr(value, "shape"):
+        return f"an array of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _first_difference(want: Any, got: Any, path: tuple) -> Optional[tuple[tuple, str]]:
+    if isinstance(want, Mapping):
+        if not isinstance(got, Mapping):
+            return path, f"expected a dict with keys {sorted(want)}, got {_describe(got)}"
+        for k in sorted(want):
+            if k not in got:
+                return path + (k,), f"missing (expected shape {want[k].shape})"
+        for k in sorted(got):
+            if k not in want:
+                return path + (k,), f"unexpected key; expected only {sorted(want)}"
+        for k in sorted(want):
+            found = _first_difference(want[k], got[k], path + (k,))
+            if found:
+                return found
+        return None
+    if isinstance(want, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(want):
+            return path, f"expected a tuple of length {len(want)}, got {_describe(got)}"
+        for i, (w, g) in enumerate(zip(want, got)):
+            found = _first_difference(w, g, path + (i,))
+            if found:
+                return found
+        return None
+    shape = getattr(got, "shape", None)
+    if shape is None:
+        return path, f"expected an array of shape {want.shape}, got {_describe(got)}"
+    if tuple(shape) != want.shape:
+        hint = ""
+        if len(shape) == 2 and tuple(shape) == want.shape[::-1]:
+            hint = " (transposed? lamina stores W as (out, in), like torch.nn.Linear)"
+        return path, f"expected shape {want.shape}, got {tuple(shape)}{hint}"
+    return None
+
+
+def _layer_at(model: Layer, expected: Params, input_shape: Shape, path: tuple) -> str:
+    """The path and name of the deepest layer owning params at `path`."""
+    steps = []
+
+    def run(params):
+        x = jnp.zeros(input_shape, jnp.float32)
+        steps.extend(trace_of(model)(params, x)[1])
+        return 0.0
+
+    try:
+        jax.eval_shape(run, expected)
+    except Exception:  # noqa: BLE001 - naming the layer is best effort only
+        return model.name
+    index = tuple(p for p in path if isinstance(p, int))
+    best = None
+    for step in steps:
+        if index[: len(step.index)] == step.index:
+            if best is None or len(step.index) > len(best.index):
+                best = step
+    if best is None:
+        return model.name
+    return f"{best.path} {best.name}" if best.path else best.name
+
+
+def check_params(model: Layer, params: Params, input_shape: Shape) -> None:
+    """Checks that `params` fit `model` for inputs of `input_shape`.
+
+    Compares the tree structure and every leaf's shape with what `model.init`
+    would produce (computed with `jax.eval_shape`, so nothing is allocated).
+    Dtypes are not compared: casting params, e.g. to bfloat16 for serving, is
+    allowed.
+
+    Args:
+      model: a `Layer`.
+      params: the params tree to check.
+      input_shape: the shape of one example.
+
+    Raises:
+      ValueError: naming the layer and the first params path that differs,
+        with what was expected there and what was found.
+    """
+    _, expected = param_shapes(model, input_shape)
+    found = _first_difference(expected, params, ())
+    if found is None:
+        return
+    path, message = found
+    where = _layer_at(model, expected, input_shape, path)
+    raise layer_error(
+        where,
+        f"params do not fit the model at {path_str(path) or '(root)'!r}: {message} "
+        f"(for inputs of shape {tuple(input_shape)})",
+    )

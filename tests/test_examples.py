@@ -1,0 +1,45 @@
+"""Every example runs, and what it prints is checked against independent math."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+
+def test_every_example_has_a_test():
+    source = pathlib.Path(__file__).read_text()
+    for path in EXAMPLES.glob("*.py"):
+        assert f'load("{path.stem}")' in source, f"{path.name} has no test"
+
+
+def test_tensors_and_matrix_algebra(capsys):
+    load("tensors_and_matrix_algebra").main()
+    out = capsys.readouterr().out
+    assert "(3, 3) @ (3, 2) -> (3, 2)" in out
+    assert "1*2 + 2*4 + 3*6 = 28.0" in out
+    assert "inner dimensions 2 != 3" in out
+
+
+def test_forward_propagation(tmp_path, capsys):
+    module = load("forward_propagation")
+    y = module.main(["--out", str(tmp_path)])
+    model, params = module.build()
+    W1, b1, W2, b2 = (np.asarray(a, np.float64) for a in (params[0]["W"], params[0]["b"], params[1]["W"], params[1]["b"]))
+    x = np.array([0.8, 0.3, 0.9])
+    ref = 1 / (1 + np.exp(-(np.maximum(W1 @ x + b1, 0) @ W2.T + b2)))
+    np.testing.assert_allclose(y, ref[0], rtol=1e-5)
+    png = (tmp_path / "forward_propagation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    out = capsys.readouterr().out
+    assert "weighted sum z = x . W^T + b" in out and "stacked" in out
