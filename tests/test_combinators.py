@@ -92,7 +92,7 @@ def test_vmap_equals_loop_for_combinators(key):
     chex.assert_trees_all_close(batched, looped, rtol=1e-5, atol=1e-6)
 
 
-def test_grad_through_all_combinators_matches_finite_differences(key):
+def test_grad_through_all_combinators_matches_finite_differences(key, x64):
     model = lm.serial(
         lm.residual(lm.serial(lm.Dense(3, act="tanh"), lm.LayerNorm())),
         lm.parallel(lm.Dense(2, act="softplus"), lm.Activation("sigmoid")),
@@ -102,10 +102,9 @@ def test_grad_through_all_combinators_matches_finite_differences(key):
         lm.Dense(1),
     )
     _, params = model.init(key, (3,))
-    with jax.enable_x64(True):
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        x64 = jnp.asarray([0.3, -0.7, 1.1], jnp.float64)
-        check_grads(lambda p, x: jnp.sum(model.apply(p, x)), (p64, x64), order=1, modes=["rev", "fwd"])
+    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    x_64 = jnp.asarray([0.3, -0.7, 1.1], jnp.float64)
+    check_grads(lambda p, x: jnp.sum(model.apply(p, x)), (p64, x_64), order=1, modes=["rev", "fwd"])
 
 
 @pytest.mark.parametrize(

@@ -84,14 +84,13 @@ def test_vmap_equals_loop(key):
     chex.assert_trees_all_close(batched, looped, rtol=1e-6)
 
 
-def test_gradients_match_finite_differences(key):
+def test_gradients_match_finite_differences(key, x64):
     layer = lm.Dense(3, act="tanh")
     _, params = layer.init(key, (4,))
     x = jax.random.normal(jax.random.key(1), (4,))
-    with jax.enable_x64(True):
-        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        x64 = jnp.asarray(x, jnp.float64)
-        check_grads(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), (p64, x64), order=1, modes=["rev"])
+    p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    x_64 = jnp.asarray(x, jnp.float64)
+    check_grads(lambda p, x: jnp.sum(layer.apply(p, x) ** 2), (p64, x_64), order=1, modes=["rev"])
 
 
 def test_compute_dtype(key):

@@ -33,13 +33,12 @@ def test_keeps_low_precision_dtype(key):
     assert lm.LayerNorm().apply(params, jnp.ones(4, jnp.bfloat16)).dtype == jnp.bfloat16
 
 
-def test_gradients(key):
+def test_gradients(key, x64):
     layer = lm.LayerNorm()
     _, params = layer.init(key, (5,))
-    with jax.enable_x64(True):
-        p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        x = jnp.asarray([0.1, 2.0, -1.0, 0.5, 0.3], jnp.float64)
-        check_grads(lambda p, x: jnp.sum(layer.apply(p, x) * jnp.arange(5.0)), (p, x), order=1, modes=["rev"])
+    p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    x = jnp.asarray([0.1, 2.0, -1.0, 0.5, 0.3], jnp.float64)
+    check_grads(lambda p, x: jnp.sum(layer.apply(p, x) * jnp.arange(5.0)), (p, x), order=1, modes=["rev"])
 
 
 def test_errors(key):
