@@ -20,16 +20,21 @@ PUBLIC = [
     "Softmax",
     "Tanh",
     "TraceStep",
+    "accuracy",
     "check_params",
     "dense",
+    "evaluate",
+    "fit",
     "forward",
     "initializers",
     "mlp",
     "param_shapes",
     "parallel",
+    "per_example_grads",
     "residual",
     "serial",
     "trace",
+    "train_step",
 ]
 
 

@@ -43,3 +43,13 @@ def test_forward_propagation(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     out = capsys.readouterr().out
     assert "weighted sum z = x . W^T + b" in out and "stacked" in out
+
+
+def test_train_digits_quick(tmp_path, capsys):
+    result = load("train_digits").main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    assert result["accuracy"] > 0.90
+    assert len(result["history"]["train_loss"]) == 5
+    png = (tmp_path / "digits_training.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "test accuracy:" in out and "predicted" in out

@@ -15,13 +15,15 @@ def test_quickstart_runs(capsys):
     out = capsys.readouterr().out
     assert "(10,) (256, 784)" in out
     assert "serial[1] Dense(10) (10,) (10,)" in out
+    accuracy = float(re.search(r"accuracy (\S+)", out).group(1))
+    assert accuracy >= 0.95
 
 
 def test_commands_match_ci():
     commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
     assert len(commands) == 2
     main_job, tests = commands
-    assert main_job.endswith("python examples/forward_propagation.py")
+    assert main_job.endswith('pip install -e ".[examples]" && python examples/train_digits.py')
     assert tests.endswith('pip install -e ".[test]" && python -m pytest')
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install --quiet -e ".[test]"' in ci

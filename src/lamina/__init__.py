@@ -18,6 +18,7 @@ from lamina.layer import Layer, Params, Shape, TraceStep
 from lamina.normalization import LayerNorm
 from lamina.params import check_params, param_shapes
 from lamina.reshape import Flatten, Identity
+from lamina.train import accuracy, evaluate, fit, per_example_grads, train_step
 
 __version__ = "0.1.0"
 
@@ -39,14 +40,19 @@ __all__ = [
     "Softmax",
     "Tanh",
     "TraceStep",
+    "accuracy",
     "check_params",
     "dense",
+    "evaluate",
+    "fit",
     "forward",
     "initializers",
     "mlp",
     "param_shapes",
     "parallel",
+    "per_example_grads",
     "residual",
     "serial",
     "trace",
+    "train_step",
 ]

@@ -42,13 +42,20 @@ def forward(model: Layer) -> Callable[..., jax.Array]:
                 f"lm.forward expects a batch with a leading batch axis, "
                 f"got xs with shape {jnp.shape(xs)}",
             )
-        if key is None:
-            return jax.vmap(lambda x: model.apply(params, x))(xs)
-        keys = jax.random.split(key, jnp.shape(xs)[0])
-        return jax.vmap(lambda x, k: model.apply(params, x, key=k))(xs, keys)
+        return apply_batch(model, params, xs, key)
 
     fwd.__name__ = f"forward[{model.name}]"
     return jax.jit(fwd)
+
+
+def apply_batch(
+    model: Layer, params: Params, xs: jax.Array, key: Optional[jax.Array] = None
+) -> jax.Array:
+    """`model.apply` over axis 0 of `xs`; with a key, one key per example."""
+    if key is None:
+        return jax.vmap(lambda x: model.apply(params, x))(xs)
+    keys = jax.random.split(key, jnp.shape(xs)[0])
+    return jax.vmap(lambda x, k: model.apply(params, x, key=k))(xs, keys)
 
 
 def trace(

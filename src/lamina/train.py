@@ -1,0 +1,370 @@
+"""Training with optax: a jitted train step, per-example gradients, and a fit loop.
+
+Training is `jax.grad` of a loss plus an optax update. The step minimises
+`mean(loss_fn(outputs, targets))` where `outputs` is the model applied to every
+example of the batch (`jax.vmap` of `apply`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lamina.data import as_dataset, check_targets
+from lamina.forward import apply_batch
+from lamina.layer import Layer, Params, check_key, layer_error
+from lamina.params import check_layer_type, check_params
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+Metric = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def accuracy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.Array:
+    """Fraction of examples whose largest output is the true class, in [0, 1].
+
+    Args:
+      logits: outputs, shape `(N, num_classes)` (any monotone scores work).
+      labels: integer classes, shape `(N,)`, or one-hot `(N, num_classes)`.
+
+    Example:
+      >>> import jax.numpy as jnp, lamina as lm
+      >>> lm.accuracy(jnp.array([[2.0, 1.0], [0.0, 3.0]]), jnp.array([0, 0]))
+      Array(0.5, dtype=float32)
+    """
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    if labels.shape == logits.shape:
+        labels = jnp.argmax(labels, axis=-1)
+    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
+        raise layer_error(
+            "accuracy",
+            f"expected logits (N, classes) and labels (N,) or one-hot (N, classes), "
+            f"got logits {logits.shape} and labels {labels.shape}",
+        )
+    return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+
+
+def _per_example_loss(loss_fn: LossFn, outputs: Any, targets: jax.Array) -> jax.Array:
+    """`loss_fn` in float32, as one value per example (or one scalar)."""
+    outputs = jax.tree.map(_to_float32, outputs)
+    loss = jnp.asarray(loss_fn(outputs, targets))
+    if loss.ndim == 0:
+        return loss
+    return jnp.mean(jnp.reshape(loss, (loss.shape[0], -1)), axis=1)
+
+
+def _to_float32(x: jax.Array) -> jax.Array:
+    # Low-precision outputs (bfloat16 compute) are promoted so the loss and
+    # its gradient are summed in float32.
+    return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def _batch_loss(model, loss_fn, params, inputs, targets, key, weights=None):
+    outputs = apply_batch(model, params, inputs, key)
+    loss = _per_example_loss(loss_fn, outputs, targets)
+    if weights is None or loss.ndim == 0:
+        return jnp.mean(loss)
+    return jnp.sum(loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _check_step_args(model: Layer, loss_fn: Any, optimizer: Any, where: str) -> None:
+    check_layer_type(where, model)
+    if not callable(loss_fn):
+        raise layer_error(
+            where, f"loss_fn must be callable (outputs, targets) -> loss, got {loss_fn!r}",
+            TypeError,
+        )
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise layer_error(
+            where,
+            f"optimizer must be an optax.GradientTransformation such as "
+            f"optax.adam(1e-3), got {type(optimizer).__name__}",
+            TypeError,
+        )
+
+
+def _make_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation):
+    def step(params, opt_state, batch, *, key=None, weights=None):
+        inputs, targets = batch
+        loss, grads = jax.value_and_grad(
+            lambda p: _batch_loss(model, loss_fn, p, inputs, targets, key, weights)
+        )(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, {"loss": loss}
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def train_step(
+    model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation
+) -> Callable[..., tuple[Params, Any, dict[str, jax.Array]]]:
+    """Returns a jitted `step(params, opt_state, batch, *, key=None)`.
+
+    One step computes `loss = mean(loss_fn(outputs, targets))` over the batch
+    (in float32, whatever the model's output dtype), its gradient with
+    `jax.value_and_grad`, and applies `optimizer`'s update.
+
+    The step DONATES `params` and `opt_state`: their buffers are reused for
+    the new values, so a step does not hold two copies of the weights. The
+    arrays you pass in are consumed; use the returned ones.
+
+    Args:
+      model: a `Layer`.
+      loss_fn: `loss_fn(outputs, targets)`, per-example losses or a scalar,
+        e.g. `optax.softmax_cross_entropy_with_integer_labels`.
+      optimizer: an `optax.GradientTransformation`, e.g. `optax.adam(1e-3)`.
+
+    Returns:
+      `step(params, opt_state, (inputs, targets), *, key=None, weights=None)
+      -> (params, opt_state, {"loss": scalar})`. `inputs` and `targets` carry
+      a leading batch axis; a key turns on dropout; optional per-example
+      `weights` of shape `(N,)` give a weighted mean (0 masks an example out).
+      Compiled once per batch shape.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, lamina as lm
+      >>> model = lm.mlp([4, 1])
+      >>> _, params = model.init(jax.random.key(0), (2,))
+      >>> opt = optax.sgd(0.1)
+      >>> step = lm.train_step(model, optax.squared_error, opt)
+      >>> params, opt_state, metrics = step(params, opt.init(params), (jnp.ones((8, 2)), jnp.ones((8, 1))))
+      >>> sorted(metrics)
+      ['loss']
+    """
+    _check_step_args(model, loss_fn, optimizer, "train_step")
+    return _make_step(model, loss_fn, optimizer)
+
+
+def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
+    """Returns a jitted `grads(params, batch)`: one gradient per example.
+
+    This is `jax.vmap` of `jax.grad` over the examples: each example's
+    gradient is the gradient of the loss on a one-example batch. Useful for
+    differentially private training, influence estimates and gradient noise
+    studies; in PyTorch it needs an extra library.
+
+    Args:
+      model: a `Layer`.
+      loss_fn: `loss_fn(outputs, targets)` as for `train_step`.
+
+    Returns:
+      `grads(params, (inputs, targets))`: a params-shaped tree whose leaves
+      have a leading batch axis, e.g. `grads[0]["W"]` of shape `(N, out, in)`.
+    """
+    _check_step_args(model, loss_fn, None, "per_example_grads")
+
+    def one(params, x, y):
+        return _batch_loss(model, loss_fn, params, x[None], y[None], None)
+
+    @jax.jit
+    def grads(params, batch):
+        inputs, targets = batch
+        return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, inputs, targets)
+
+    return grads
+
+
+def evaluate(
+    model: Layer,
+    params: Params,
+    data: tuple[Any, Any],
+    *,
+    loss_fn: LossFn,
+    batch_size: int = 1024,
+    metrics: Optional[Mapping[str, Metric]] = None,
+) -> dict[str, float]:
+    """Loss and metrics of `model` on `data`, in inference mode (no dropout).
+
+    Args:
+      model: a `Layer`.
+      params: its params.
+      data: an `(inputs, targets)` pair with a leading example axis.
+      loss_fn: as for `train_step`.
+      batch_size: examples per forward call; the last batch is padded so one
+        compiled program serves every batch.
+      metrics: name -> `metric(outputs, targets)`; the default is
+        `{"accuracy": lm.accuracy}` for integer targets and none otherwise.
+
+    Returns:
+      `{"loss": float, **{name: float}}` over all examples.
+    """
+    inputs, targets = as_dataset("evaluate", data)
+    check_params(model, params, inputs.shape[1:])
+    return _evaluate(_forward_padded(model), params, inputs, targets, loss_fn,
+                     batch_size, _default_metrics(metrics, targets))
+
+
+def _default_metrics(metrics, targets):
+    if metrics is not None:
+        return dict(metrics)
+    return {"accuracy": accuracy} if jnp.issubdtype(targets.dtype, jnp.integer) else {}
+
+
+def _forward_padded(model):
+    return jax.jit(lambda params, xs: apply_batch(model, params, xs))
+
+
+def _evaluate(fwd, params, inputs, targets, loss_fn, batch_size, metrics):
+    n = inputs.shape[0]
+    outputs = []
+    for start in range(0, n, batch_size):
+        xs = inputs[start : start + batch_size]
+        pad = batch_size - xs.shape[0] if n > batch_size else 0
+        if pad:
+            xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
+        out = fwd(params, xs)
+        outputs.append(out[: out.shape[0] - pad])
+    outputs = jnp.concatenate(outputs)
+    result = {"loss": float(jnp.mean(_per_example_loss(loss_fn, outputs, targets)))}
+    for name, metric in metrics.items():
+        result[name] = float(metric(outputs, targets))
+    return result
+
+
+def fit(
+    model: Layer,
+    params: Params,
+    optimizer: optax.GradientTransformation,
+    train_data: tuple[Any, Any],
+    *,
+    loss_fn: LossFn,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    eval_data: Optional[tuple[Any, Any]] = None,
+    metrics: Optional[Mapping[str, Metric]] = None,
+    progress: bool = True,
+) -> tuple[Params, dict[str, list[float]]]:
+    """Trains `model` on `train_data` for `epochs` passes; returns params and history.
+
+    Each epoch shuffles the examples with a key split from `key` (so the same
+    key gives the same run, bit for bit) and runs the jitted train step on
+    batches of `batch_size`. The last partial batch is padded and its padding
+    masked out of the loss, so every example counts once per epoch and the
+    step compiles once. (A `loss_fn` that returns a scalar cannot be masked;
+    then the last partial batch is dropped.) Dropout gets a fresh key every
+    step; evaluation runs without one.
+
+    `params` are donated to the train step: the arrays you pass in are
+    consumed; use the returned ones.
+
+    Args:
+      model: a `Layer`.
+      params: initial params (e.g. from `model.init`).
+      optimizer: an `optax.GradientTransformation`.
+      train_data: `(inputs, targets)` arrays with a leading example axis.
+      loss_fn: `loss_fn(outputs, targets)`, e.g.
+        `optax.softmax_cross_entropy_with_integer_labels`.
+      epochs: number of passes over the data, >= 1.
+      batch_size: examples per step, >= 1.
+      key: PRNG key for shuffling and dropout.
+      eval_data: optional `(inputs, targets)` evaluated after every epoch.
+      metrics: name -> `metric(outputs, targets)` for `eval_data`; the default
+        is accuracy for integer targets.
+      progress: show a tqdm progress bar with epoch, step and loss.
+
+    Returns:
+      `(params, history)` with per-epoch lists `history["train_loss"]` and,
+      with `eval_data`, `"eval_loss"` and `"eval_<metric>"` (e.g.
+      `"eval_accuracy"`, a fraction in [0, 1]).
+
+    Raises:
+      ValueError: inputs and targets of different lengths, empty data,
+        non-finite inputs, integer targets outside the model's classes, or
+        params that do not fit the model.
+      FloatingPointError: the loss became NaN or infinite; the message names
+        the epoch and step.
+    """
+    _check_step_args(model, loss_fn, optimizer, "fit")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise layer_error("fit", f"{name} must be an int >= 1, got {value!r}")
+    check_key("fit", key)
+    inputs, targets = as_dataset("fit: train_data", train_data)
+    check_params(model, params, inputs.shape[1:])
+    check_targets("fit: train_data", model, inputs, targets)
+    evaluation = None
+    if eval_data is not None:
+        eval_inputs, eval_targets = as_dataset("fit: eval_data", eval_data)
+        check_targets("fit: eval_data", model, eval_inputs, eval_targets)
+        evaluation = (eval_inputs, eval_targets, _default_metrics(metrics, eval_targets))
+
+    n = inputs.shape[0]
+    batch_size = min(batch_size, n)
+    scalar_loss = _returns_scalar(model, params, loss_fn, inputs, targets, batch_size)
+    steps = n // batch_size if scalar_loss else math.ceil(n / batch_size)
+    opt_state = optimizer.init(params)
+    step = _make_step(model, loss_fn, optimizer)
+    fwd = _forward_padded(model)
+    history: dict[str, list[float]] = {"train_loss": []}
+    bar = _progress_bar(epochs * steps, progress)
+    for epoch in range(epochs):
+        key, shuffle_key, dropout_key = jax.random.split(key, 3)
+        order = jax.random.permutation(shuffle_key, n)
+        losses, sizes = [], []
+        for i in range(steps):
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            real = idx.shape[0]
+            weights = None if scalar_loss else jnp.ones((batch_size,), jnp.float32)
+            if real < batch_size:
+                idx = jnp.concatenate([idx, jnp.zeros((batch_size - real,), idx.dtype)])
+                weights = (jnp.arange(batch_size) < real).astype(jnp.float32)
+            batch = (inputs[idx], targets[idx])
+            params, opt_state, out = step(
+                params, opt_state, batch, key=jax.random.fold_in(dropout_key, i), weights=weights
+            )
+            losses.append(out["loss"])
+            sizes.append(real)
+            if bar is not None and (i == steps - 1 or i % 10 == 0):
+                _check_finite(losses, epoch, epochs, steps)
+                bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                bar.set_postfix(step=f"{i + 1}/{steps}", loss=f"{float(out['loss']):.4f}")
+            if bar is not None:
+                bar.update(1)
+        _check_finite(losses, epoch, epochs, steps)
+        history["train_loss"].append(
+            float(np.average(np.asarray(jax.device_get(losses)), weights=sizes))
+        )
+        if evaluation is not None:
+            eval_inputs, eval_targets, eval_metrics = evaluation
+            result = _evaluate(fwd, params, eval_inputs, eval_targets, loss_fn,
+                               batch_size, eval_metrics)
+            for name, value in result.items():
+                history.setdefault(f"eval_{name}", []).append(value)
+            if bar is not None:
+                bar.set_postfix(eval_loss=f"{result['loss']:.4f}",
+                                **{k: f"{v:.4f}" for k, v in result.items() if k != "loss"})
+    if bar is not None:
+        bar.close()
+    return params, history
+
+
+def _returns_scalar(model, params, loss_fn, inputs, targets, batch_size) -> bool:
+    loss = jax.eval_shape(
+        lambda p, x, y: _per_example_loss(loss_fn, apply_batch(model, p, x), y),
+        params, inputs[:batch_size], targets[:batch_size],
+    )
+    return loss.ndim == 0
+
+
+def _check_finite(losses: list, epoch: int, epochs: int, steps: int) -> None:
+    values = np.asarray(jax.device_get(losses))
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise FloatingPointError(
+            f"fit: the loss became {values[bad[0]]} at epoch {epoch + 1}/{epochs}, "
+            f"step {bad[0] + 1}/{steps}. Check the inputs and targets for extreme "
+            f"values, or lower the learning rate."
+        )
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", leave=True)
