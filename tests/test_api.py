@@ -33,8 +33,11 @@ PUBLIC = [
     "per_example_grads",
     "residual",
     "serial",
+    "shard_batch",
+    "shard_params",
     "trace",
     "train_step",
+    "with_dtype",
 ]
 
 

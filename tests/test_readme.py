@@ -7,9 +7,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def test_quickstart_runs(capsys):
+def python_blocks(needs_mesh):
+    """README's python snippets; those building a Mesh need 8 devices (tests/multidevice)."""
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
-    assert blocks, "README has no python block"
+    return [b for b in blocks if ("Mesh(" in b) == needs_mesh]
+
+
+def test_quickstart_runs(capsys):
+    blocks = python_blocks(needs_mesh=False)
+    assert len(blocks) >= 2, "README lost its quickstart or training snippet"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out

@@ -17,7 +17,9 @@ from lamina.forward import forward, trace
 from lamina.layer import Layer, Params, Shape, TraceStep
 from lamina.normalization import LayerNorm
 from lamina.params import check_params, param_shapes
+from lamina.precision import with_dtype
 from lamina.reshape import Flatten, Identity
+from lamina.sharding import shard_batch, shard_params
 from lamina.train import accuracy, evaluate, fit, per_example_grads, train_step
 
 __version__ = "0.1.0"
@@ -53,6 +55,9 @@ __all__ = [
     "per_example_grads",
     "residual",
     "serial",
+    "shard_batch",
+    "shard_params",
     "trace",
     "train_step",
+    "with_dtype",
 ]
