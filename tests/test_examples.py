@@ -8,7 +8,7 @@ from example_runner import EXAMPLES, load
 
 
 def test_every_example_has_a_test():
-    sources = "".join(p.read_text() for p in pathlib.Path(__file__).parent.glob("test_*.py"))
+    sources = "".join(p.read_text() for p in pathlib.Path(__file__).parent.rglob("test_*.py"))
     for path in EXAMPLES.glob("*.py"):
         assert f'load("{path.stem}")' in sources, f"{path.name} has no test"
 
@@ -33,13 +33,21 @@ def test_forward_propagation(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     out = capsys.readouterr().out
     assert "weighted sum z = x . W^T + b" in out and "stacked" in out
+    page = (tmp_path / "forward_propagation.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "http" not in page
+    assert f">{ref[0]:.4f}</text>" in page  # the output node shows the prediction
 
 
 def test_train_digits_quick(tmp_path, capsys):
-    result = load("train_digits").main(["--quick", "--no-progress", "--out", str(tmp_path)])
+    html = tmp_path / "digit.html"
+    result = load("train_digits").main(["--quick", "--no-progress", "--out", str(tmp_path), "--html", str(html)])
     assert result["accuracy"] > 0.90
     assert len(result["history"]["train_loss"]) == 5
     png = (tmp_path / "digits_training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "test accuracy:" in out and "predicted" in out
+    page = html.read_text(encoding="utf-8")
+    # 64 pixels and 256, 128 hidden units, each drawn as its first 16 units.
+    assert "+48 more" in page and "+240 more" in page and "+112 more" in page
+    assert "http" not in page
