@@ -1,0 +1,219 @@
+"""lamina against hand-written JAX and other libraries, side by side.
+
+Every implementation gets the same NumPy weights and is checked against a
+float64 NumPy forward before anything is timed. Workloads run in interleaved
+rounds (each round visits the implementations in a new random order, so
+drift on a shared machine hits all of them alike); a round's figure is the
+mean of `number` calls, and the table shows the median over rounds with the
+[min-max] across rounds, and each median divided by the hand-written JAX
+floor's.
+
+    python benchmarks/bench.py                 # full run, a few minutes
+    python benchmarks/bench.py --quick         # under a minute
+    python benchmarks/bench.py --json out.json --impls jax,lamina,torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import impls  # noqa: E402
+
+SHAPES = {"small": [784, 256, 256, 10], "wide": [1024, 2048, 2048, 1024]}
+FLOOR = "jax"
+
+
+def time_call(fn, number):
+    """Mean seconds per call of `fn` over `number` calls, after they all finished."""
+    impls.block(fn())  # warm: compile and caches
+    start = time.perf_counter()
+    for _ in range(number):
+        out = fn()
+    impls.block(out)
+    return (time.perf_counter() - start) / number
+
+
+def bare_matmul_seconds(sizes, batch, number):
+    """The same FLOPs as the forward's matmuls, each a bare jitted dot_general."""
+    dot = jax.jit(lambda x, W: lax.dot_general(x, W, (((1,), (1,)), ((), ()))))
+    total = 0.0
+    for i, o in zip(sizes[:-1], sizes[1:]):
+        x, W = jnp.ones((batch, i)), jnp.ones((o, i))
+        total += time_call(lambda: dot(x, W), number)
+    return total
+
+
+def workloads(sizes, quick):
+    """name -> (batch, calls per round, builder(impl, data) -> zero-arg callable)."""
+    big = 512 if quick else 4096
+    peg_batch = 256 if sizes[1] <= 256 else 16  # wide per-example grads: 16 x 8.4M params
+    return {
+        "forward b=1": (1, 200 if quick else 1000, lambda impl, d: (lambda: impl.forward(d))),
+        f"forward b={big}": (big, 3 if quick else 10, lambda impl, d: (lambda: impl.forward(d))),
+        "adam step b=256": (256, 5 if quick else 30, lambda impl, d: impl.train_step),
+        f"per-example grads b={peg_batch}": (peg_batch, 2 if quick else 5, lambda impl, d: impl.per_example_grads),
+    }
+
+
+def check_against_numpy(impl, weights, xs):
+    got = np.asarray(impl.forward(impl.to_device(xs)), np.float64)
+    want = impls.numpy_forward(weights, xs)
+    err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
+    if not err < 1e-4:
+        raise AssertionError(f"{impl.name}: forward differs from NumPy by {err:.2e}")
+
+
+def cold_compile(key, shape):
+    """Seconds from a fresh process's first jitted call to its result (jax impls)."""
+    code = (
+        "import sys, time; sys.path.insert(0, %r); import impls, numpy as np\n"
+        "w = impls.make_weights(%r); impl = impls.ALL[%r][0](w)\n"
+        "xs = impl.to_device(np.ones((1, %d), np.float32))\n"
+        "t = time.perf_counter(); impls.block(impl.forward(xs)); print(time.perf_counter() - t)"
+    ) % (os.path.dirname(os.path.abspath(__file__)), SHAPES[shape], key, SHAPES[shape][0])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run(keys, shapes, rounds, quick, compile_rounds):
+    results = {}
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        sizes = SHAPES[shape]
+        weights = impls.make_weights(sizes)
+        built = {k: impls.ALL[k][0](weights) for k in keys}
+        probe = rng.normal(size=(8, sizes[0])).astype(np.float32)
+        for impl in built.values():
+            check_against_numpy(impl, weights, probe)
+        for metric, (batch, number, make) in workloads(sizes, quick).items():
+            xs = rng.normal(size=(batch, sizes[0])).astype(np.float32)
+            ys = rng.integers(0, sizes[-1], size=batch)
+            calls = {}
+            for k, impl in built.items():
+                impl.prepare(xs, ys)
+                calls[k] = make(impl, impl.to_device(xs))
+            samples = {k: [] for k in keys}
+            for _ in range(rounds):
+                for k in rng.permutation(keys):
+                    samples[k].append(time_call(calls[k], number))
+            flops = 2 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
+            extra = {}
+            if metric.startswith("forward") and batch > 1:
+                extra["bare_matmul_s"] = bare_matmul_seconds(sizes, batch, number)
+                extra["flops"] = flops
+            results[(shape, metric)] = (samples, extra)
+            print(f"  {shape} {metric}: done", file=sys.stderr)
+        if compile_rounds:
+            samples = {k: [] for k in keys if impls.ALL[k][1] != "torch"}
+            for _ in range(compile_rounds):
+                for k in rng.permutation(list(samples)):
+                    samples[k].append(cold_compile(k, shape))
+            results[(shape, "cold compile b=1")] = (samples, {})
+    return results
+
+
+def summarize(results):
+    rows = []
+    for (shape, metric), (samples, extra) in results.items():
+        floor = statistics.median(samples[FLOOR]) if FLOOR in samples else None
+        for k, times in samples.items():
+            med = statistics.median(times)
+            row = {
+                "shape": "-".join(map(str, SHAPES[shape])),
+                "metric": metric,
+                "impl": impls.ALL[k][0].name,
+                "median_ms": med * 1e3,
+                "min_ms": min(times) * 1e3,
+                "max_ms": max(times) * 1e3,
+                "ratio_to_jax": med / floor if floor else None,
+            }
+            if "flops" in extra:
+                row["gflops"] = extra["flops"] / med / 1e9
+                row["fraction_of_bare_matmul"] = extra["bare_matmul_s"] / med
+            rows.append(row)
+    return rows
+
+
+def format_table(rows):
+    lines = [
+        "| shape | workload | implementation | median ms [min-max] | / jax | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        note = ""
+        if "gflops" in r:
+            note = f"{r['gflops']:.1f} GFLOP/s, {r['fraction_of_bare_matmul']:.2f} of bare matmul"
+        ratio = f"{r['ratio_to_jax']:.2f}" if r["ratio_to_jax"] is not None else "-"
+        lines.append(
+            f"| {r['shape']} | {r['metric']} | {r['impl']} | "
+            f"{r['median_ms']:.3f} [{r['min_ms']:.3f}-{r['max_ms']:.3f}] | {ratio} | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def versions():
+    import importlib.metadata as md
+
+    found = {}
+    for dist in ("jax", "jaxlib", "optax", "flax", "equinox", "dm-haiku", "torch", "numpy"):
+        try:
+            found[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return found
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shape, few rounds: under a minute")
+    parser.add_argument("--impls", default=",".join(impls.available()),
+                        help=f"comma-separated, from {','.join(impls.ALL)} (default: all installed)")
+    parser.add_argument("--shapes", default=None, help="comma-separated from small,wide")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--compile-rounds", type=int, default=None)
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    keys = [k for k in args.impls.split(",") if k]
+    unknown = set(keys) - set(impls.ALL)
+    if unknown:
+        parser.error(f"unknown implementations {sorted(unknown)}; choose from {list(impls.ALL)}")
+    if FLOOR not in keys:
+        keys.insert(0, FLOOR)
+    shapes = (args.shapes or ("small" if args.quick else "small,wide")).split(",")
+    rounds = args.rounds or (3 if args.quick else 7)
+    compile_rounds = args.compile_rounds if args.compile_rounds is not None else (1 if args.quick else 3)
+
+    results = run(keys, shapes, rounds, args.quick, compile_rounds)
+    rows = summarize(results)
+    meta = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "backend": jax.default_backend(),
+        "versions": versions(),
+        "rounds": rounds,
+        "quick": args.quick,
+    }
+    print(f"\n{meta['date']}, {meta['machine']}, backend {meta['backend']}, "
+          f"{rounds} rounds; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

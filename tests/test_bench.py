@@ -1,0 +1,53 @@
+"""The benchmark runs (a smoke run: no timing is asserted, only that it measures)."""
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench  # noqa: E402
+import impls  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def allow_rank_promotion():
+    # The other libraries (stax) broadcast biases implicitly, as users' code does.
+    with jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def test_quick_run_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rows = bench.main(["--quick", "--impls", "jax,lamina", "--rounds", "1", "--compile-rounds", "1", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data["rows"] == rows
+    workloads = {r["metric"] for r in rows}
+    assert workloads == {"forward b=1", "forward b=512", "adam step b=256", "per-example grads b=256", "cold compile b=1"}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        if r["impl"].startswith("jax"):
+            assert r["ratio_to_jax"] == 1.0
+    table = capsys.readouterr().out
+    assert "| 784-256-256-10 | forward b=1 | lamina |" in table
+
+
+@pytest.mark.parametrize("key", [k for k in impls.available()])
+def test_every_installed_impl_computes_the_reference_forward(key):
+    weights = impls.make_weights([12, 8, 8, 3])
+    impl = impls.ALL[key][0](weights)
+    xs = np.random.default_rng(1).normal(size=(5, 12)).astype(np.float32)
+    got = np.asarray(impl.forward(impl.to_device(xs)), np.float64)
+    np.testing.assert_allclose(got, impls.numpy_forward(weights, xs), rtol=1e-4, atol=1e-5)
+
+
+def test_reference_forward_by_hand():
+    weights = [(np.array([[1.0, -1.0]], np.float32), np.array([0.5], np.float32)),
+               (np.array([[2.0]], np.float32), np.array([-1.0], np.float32))]
+    # relu(1*3 - 1*1 + 0.5) = 2.5, then 2 * 2.5 - 1 = 4
+    np.testing.assert_allclose(impls.numpy_forward(weights, np.array([[3.0, 1.0]])), [[4.0]])
