@@ -96,7 +96,28 @@ def _make_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransform
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss}
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return step
+
+
+def _make_fit_step(step):
+    """fit's step: gathers batch i of the epoch on the device, in one dispatch.
+
+    `order` is the epoch's shuffled indices padded to `steps * batch_size`;
+    `real` how many of them are examples. Slicing, gathering, masking the
+    padding and deriving the step's dropout key all happen inside the jitted
+    function, so the host issues one call per step.
+    """
+
+    def fit_step(params, opt_state, inputs, targets, order, real, i, key, masked):
+        batch_size = order.shape[1]
+        idx = order[i]
+        weights = None
+        if masked:
+            weights = (i * batch_size + jnp.arange(batch_size) < real).astype(jnp.float32)
+        batch = (jnp.take(inputs, idx, axis=0), jnp.take(targets, idx, axis=0))
+        return step(params, opt_state, batch, key=jax.random.fold_in(key, i), weights=weights)
+
+    return jax.jit(fit_step, donate_argnums=(0, 1), static_argnames="masked")
 
 
 def train_step(
@@ -136,7 +157,7 @@ def train_step(
       ['loss']
     """
     _check_step_args(model, loss_fn, optimizer, "train_step")
-    return _make_step(model, loss_fn, optimizer)
+    return jax.jit(_make_step(model, loss_fn, optimizer), donate_argnums=(0, 1))
 
 
 def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
@@ -298,32 +319,30 @@ def fit(
     scalar_loss = _returns_scalar(model, params, loss_fn, inputs, targets, batch_size)
     steps = n // batch_size if scalar_loss else math.ceil(n / batch_size)
     opt_state = optimizer.init(params)
-    step = _make_step(model, loss_fn, optimizer)
+    step = _make_fit_step(_make_step(model, loss_fn, optimizer))
     fwd = _forward_padded(model)
     history: dict[str, list[float]] = {"train_loss": []}
     bar = _progress_bar(epochs * steps, progress)
+    sizes = [min(batch_size, n - i * batch_size) for i in range(steps)]
     for epoch in range(epochs):
         key, shuffle_key, dropout_key = jax.random.split(key, 3)
         order = jax.random.permutation(shuffle_key, n)
-        losses, sizes = [], []
+        pad = steps * batch_size - n
+        if pad > 0:  # padding rows repeat example 0 and are masked out of the loss
+            order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)])
+        order = order[: steps * batch_size].reshape(steps, batch_size)
+        losses = []
         for i in range(steps):
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            real = idx.shape[0]
-            weights = None if scalar_loss else jnp.ones((batch_size,), jnp.float32)
-            if real < batch_size:
-                idx = jnp.concatenate([idx, jnp.zeros((batch_size - real,), idx.dtype)])
-                weights = (jnp.arange(batch_size) < real).astype(jnp.float32)
-            batch = (inputs[idx], targets[idx])
             params, opt_state, out = step(
-                params, opt_state, batch, key=jax.random.fold_in(dropout_key, i), weights=weights
+                params, opt_state, inputs, targets, order, n, i, dropout_key,
+                masked=not scalar_loss,
             )
             losses.append(out["loss"])
-            sizes.append(real)
-            if bar is not None and (i == steps - 1 or i % 10 == 0):
-                _check_finite(losses, epoch, epochs, steps)
-                bar.set_description(f"epoch {epoch + 1}/{epochs}")
-                bar.set_postfix(step=f"{i + 1}/{steps}", loss=f"{float(out['loss']):.4f}")
             if bar is not None:
+                if i == steps - 1 or i % 10 == 0:
+                    _check_finite(losses, epoch, epochs, steps)
+                    bar.set_description(f"epoch {epoch + 1}/{epochs}")
+                    bar.set_postfix(step=f"{i + 1}/{steps}", loss=f"{float(out['loss']):.4f}")
                 bar.update(1)
         _check_finite(losses, epoch, epochs, steps)
         history["train_loss"].append(
