@@ -21,6 +21,7 @@ def test_quickstart_runs(capsys):
     out = capsys.readouterr().out
     assert "(10,) (256, 784)" in out
     assert "serial[1] Dense(10) (10,) (10,)" in out
+    assert "147 275" in out and "(7, 3)" in out
     accuracy = float(re.search(r"accuracy (\S+)", out).group(1))
     assert accuracy >= 0.95
 
