@@ -2,7 +2,8 @@
 
 Three input features describe a food (size, shape, nutrition score); a hidden
 layer of four ReLU units combines them; one sigmoid output scores the food.
-`lm.trace` shows every weighted sum and activation on the way.
+`lm.trace` shows every weighted sum and activation on the way, and
+`forward_propagation.html` lets you step through them in a browser.
 
     python examples/forward_propagation.py [--out DIR] [--no-plot]
 """
@@ -94,7 +95,7 @@ def plot(steps, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=".", help="folder for forward_propagation.png")
+    parser.add_argument("--out", default=".", help="folder for forward_propagation.png and .html")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG figure")
     args = parser.parse_args(argv)
 
@@ -107,9 +108,12 @@ def main(argv=None):
     assert np.allclose(y, steps[-1].output)
     print(f"prediction: {float(y[0]):.4f}\n")
     check_linear_collapse(params, x)
+    os.makedirs(args.out, exist_ok=True)
     if not args.no_plot:
-        os.makedirs(args.out, exist_ok=True)
         plot(steps, os.path.join(args.out, "forward_propagation.png"))
+    page = os.path.join(args.out, "forward_propagation.html")
+    lm.visualize(model, params, x, path=page)
+    print(f"wrote {page}: open it in a browser and step with the arrow keys")
     return float(y[0])
 
 

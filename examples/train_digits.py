@@ -4,8 +4,10 @@ The data ships inside scikit-learn (no download). A fixed split keeps 25% of
 the 1,797 images for testing; Adam trains a 64-256-128-10 MLP; a progress bar
 shows the loss. At the end it prints the test accuracy, saves the loss and
 accuracy curves, and draws a few test digits with their predicted labels.
+With `--html PATH` it also writes an interactive page of one test digit's
+forward propagation through the trained network.
 
-    python examples/train_digits.py [--epochs 30] [--out DIR] [--quick]
+    python examples/train_digits.py [--epochs 30] [--out DIR] [--quick] [--html PATH]
 """
 
 import argparse
@@ -66,6 +68,7 @@ def main(argv=None):
     parser.add_argument("--out", default=".", help="folder for digits_training.png")
     parser.add_argument("--quick", action="store_true", help="5 epochs, for smoke tests")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--html", metavar="PATH", help="write the forward pass of one test digit as a page")
     args = parser.parse_args(argv)
     epochs = 5 if args.quick else args.epochs
 
@@ -96,6 +99,9 @@ def main(argv=None):
     print("\n" + "   ".join(f"predicted {p}, true {t}".ljust(16) for p, t in zip(predictions, y_test[:4])))
     for row in zip(*pictures):
         print("   ".join(r.ljust(16) for r in row))
+    if args.html:
+        lm.visualize(model, params, x_test[0], path=args.html)
+        print(f"\nwrote {args.html}: the first test digit's forward pass, step by step")
     return {"accuracy": accuracy, "seconds": seconds, "history": history}
 
 

@@ -47,6 +47,7 @@ PUBLIC = [
     "trace",
     "TraceStep",
     "train_step",
+    "visualize",
     "with_dtype",
 ]
 

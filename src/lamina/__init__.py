@@ -25,6 +25,7 @@ from lamina.sharding import shard_batch, shard_params
 from lamina.summary import Summary, SummaryRow, summary
 from lamina.torch_interop import from_torch, to_torch
 from lamina.train import accuracy, evaluate, fit, per_example_grads, train_step
+from lamina.visualize import visualize
 
 __version__ = "0.1.0"
 
@@ -73,5 +74,6 @@ __all__ = [
     "trace",
     "TraceStep",
     "train_step",
+    "visualize",
     "with_dtype",
 ]
