@@ -9,10 +9,8 @@ a file never runs code from it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import uuid
 from typing import Any, Mapping, Optional, Union
 
 import jax
@@ -22,6 +20,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from lamina._files import write_atomically
 from lamina.layer import Layer, Params, layer_error
 from lamina.params import param_shapes, path_str
 
@@ -89,7 +88,7 @@ def save(
     header = {_VERSION_KEY: __version__, _FORMAT_KEY: FORMAT, _TREE_KEY: json.dumps(tree)}
     header.update(_check_metadata(metadata, where))
     data = safetensors.numpy.save(tensors, metadata=header)
-    _write_atomically(os.fspath(path), data)
+    write_atomically(os.fspath(path), data, where)
 
 
 def load(path: PathLike, like: Any = None) -> Params:
@@ -381,44 +380,3 @@ def _header(data: bytes, where: str) -> dict:
             f"only {size - 8 - length} bytes follow the header",
         )
     return header
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save({path!r}): the folder {folder!r} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    # 0o666 lets the umask decide the new file's mode, as for any other file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        try:
-            _write_all(fd, data)
-            # os.write has no user-space buffer to flush; fsync puts the
-            # bytes on disk before the rename makes them visible.
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(folder)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_folder(folder: str) -> None:
-    # The rename is durable only once the folder's entry is on disk. Windows
-    # cannot open a folder to fsync it.
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

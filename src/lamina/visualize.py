@@ -15,13 +15,13 @@ import json
 import math
 import os
 import re
-import secrets
 from importlib import resources
 from typing import Any, Mapping, Optional, Union
 
 import jax
 import numpy as np
 
+from lamina._files import write_atomically
 from lamina.forward import trace
 from lamina.layer import Layer, Params, TraceStep, layer_error
 from lamina.params import check_layer_type
@@ -102,7 +102,7 @@ def visualize(
     data = _page_data(model.name, x, steps, max_nodes)
     page = _page(data)
     if path is not None:
-        _write_atomically(os.fspath(path), page)
+        write_atomically(os.fspath(path), page.encode("utf-8"), "visualize")
     return page
 
 
@@ -403,18 +403,3 @@ def _step_list(data: dict) -> str:
             f'{_text(s["name"])} <span>{_text(_shape_text(s["output"]))}</span></li>'
         )
     return "".join(items)
-
-
-def _write_atomically(path: str, page: str) -> None:
-    # Write beside the target, then rename: a reader never sees half a page.
-    # A plain open (not mkstemp) gives the file the user's usual permissions.
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
