@@ -45,6 +45,7 @@ PUBLIC = [
     "Tanh",
     "to_torch",
     "trace",
+    "testing",
     "TraceStep",
     "train_step",
     "visualize",

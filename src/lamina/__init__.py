@@ -1,6 +1,6 @@
 """lamina: neural-network layers as pure JAX functions."""
 
-from lamina import initializers
+from lamina import initializers, testing
 from lamina.activations import (
     ACTIVATIONS,
     Activation,
@@ -72,6 +72,7 @@ __all__ = [
     "Tanh",
     "to_torch",
     "trace",
+    "testing",
     "TraceStep",
     "train_step",
     "visualize",

@@ -223,7 +223,7 @@ def mlp(
       >>> model.name
       'serial(Dense(16, relu), Dense(3))'
     """
-    if isinstance(features, int) or not hasattr(features, "__iter__"):
+    if isinstance(features, (int, str)) or not hasattr(features, "__iter__"):
         raise layer_error(
             "mlp",
             f"features must be a list of layer sizes such as [256, 10], got "
@@ -243,6 +243,10 @@ def Concat(axis: int = -1) -> Layer:
     Args:
       axis: the axis of one example to join along; negative counts from the end.
     """
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise layer_error(
+            "Concat", f"axis must be an int, got {type(axis).__name__} {axis!r}", TypeError
+        )
     name = f"Concat(axis={axis})"
 
     def init(key, input_shape):
@@ -255,18 +259,8 @@ def Concat(axis: int = -1) -> Layer:
                 f"shape {input_shape!r}",
             )
         shapes = [check_input_shape(name, s, min_rank=1) for s in input_shape]
-        rank = len(shapes[0])
-        if not -rank <= axis < rank or any(len(s) != rank for s in shapes):
-            raise layer_error(
-                name, f"cannot join shapes {shapes} along axis {axis}"
-            )
-        ax = axis % rank
-        rest = [s[:ax] + s[ax + 1 :] for s in shapes]
-        if any(r != rest[0] for r in rest):
-            raise layer_error(
-                name,
-                f"shapes {shapes} differ outside axis {axis}, so they cannot be joined",
-            )
+        _check_joinable(name, shapes, axis)
+        ax = axis % len(shapes[0])
         out = list(shapes[0])
         out[ax] = sum(s[ax] for s in shapes)
         return tuple(out), ()
@@ -276,6 +270,22 @@ def Concat(axis: int = -1) -> Layer:
             raise layer_error(
                 name, f"expects a tuple of arrays, got {type(xs).__name__}", TypeError
             )
+        # The same check as init, at trace time: jnp.concatenate's own message
+        # does not say which layer.
+        _check_joinable(name, [jnp.shape(x) for x in xs], axis)
         return jnp.concatenate(xs, axis=axis)
 
     return Layer(init, apply, name)
+
+
+def _check_joinable(name: str, shapes: Sequence[tuple[int, ...]], axis: int) -> None:
+    rank = len(shapes[0]) if shapes else 0
+    if not -rank <= axis < rank or any(len(s) != rank for s in shapes):
+        raise layer_error(name, f"cannot join shapes {list(shapes)} along axis {axis}")
+    ax = axis % rank
+    rest = [s[:ax] + s[ax + 1 :] for s in shapes]
+    if any(r != rest[0] for r in rest):
+        raise layer_error(
+            name,
+            f"shapes {list(shapes)} differ outside axis {axis}, so they cannot be joined",
+        )

@@ -102,6 +102,13 @@ def _check_params(
         raise layer_error(where, f"unexpected params keys {extra}; expected 'W' and 'b'")
 
 
+def _is_float_dtype(value: Any) -> bool:
+    try:
+        return jnp.issubdtype(jnp.dtype(value), jnp.floating)
+    except TypeError:  # not a dtype at all, e.g. "float33"
+        return False
+
+
 def dense(
     params: Mapping[str, jax.Array],
     x: jax.typing.ArrayLike,
@@ -192,6 +199,20 @@ def Dense(
                 f"Dense({out_features})",
                 f"{arg} must be an initializer (key, shape, dtype) -> array, got "
                 f"{type(value).__name__} {value!r}",
+                TypeError,
+            )
+    if use_bias not in (True, False):
+        raise layer_error(
+            f"Dense({out_features})",
+            f"use_bias must be True or False, got {type(use_bias).__name__} {use_bias!r}",
+            TypeError,
+        )
+    for arg, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        if value is not None and not _is_float_dtype(value):
+            raise layer_error(
+                f"Dense({out_features})",
+                f"{arg} must be a floating-point dtype such as jnp.float32 or "
+                f"jnp.bfloat16, got {value!r}",
                 TypeError,
             )
     w_init = w_init or initializers.torch_linear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -24,10 +26,11 @@ def Dropout(rate: float) -> Layer:
     Raises:
       ValueError: `rate` outside `[0, 1)`.
     """
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
         raise layer_error(
             "Dropout", f"rate must be a number in [0, 1), got {rate!r}", TypeError
         )
+    rate = float(rate)
     if not 0.0 <= rate < 1.0:
         raise layer_error("Dropout", f"rate must be in [0, 1), got {rate}")
     name = f"Dropout({rate})"

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina.layer import Layer, Params, TraceStep, layer_error, trace_of
+from lamina.layer import Layer, Params, TraceStep, check_key, layer_error, trace_of
 from lamina.params import check_layer_type
 
 
@@ -52,6 +52,7 @@ def apply_batch(
     model: Layer, params: Params, xs: jax.Array, key: Optional[jax.Array] = None
 ) -> jax.Array:
     """`model.apply` over axis 0 of `xs`; with a key, one key per example."""
+    check_key(model.name, key, optional=True)
     if key is None:
         return jax.vmap(lambda x: model.apply(params, x))(xs)
     keys = jax.random.split(key, jnp.shape(xs)[0])

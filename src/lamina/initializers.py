@@ -29,7 +29,19 @@ normal = _jinit.normal
 
 
 def _scaled(scale: float, mode: str, distribution: str) -> Initializer:
-    return _jinit.variance_scaling(scale, mode, distribution, in_axis=-1, out_axis=-2)
+    init = _jinit.variance_scaling(scale, mode, distribution, in_axis=-1, out_axis=-2)
+
+    def checked(key, shape, dtype=jnp.float32):
+        # Fans come from the last two axes; a 1-D shape has no fan-out.
+        if len(shape) < 2:
+            raise ValueError(
+                f"lm.initializers: {distribution} variance scaling reads fan-in and "
+                f"fan-out from an (out, in) shape, got shape {tuple(shape)}; use "
+                f"uniform(), normal() or zeros for biases"
+            )
+        return init(key, shape, dtype)
+
+    return checked
 
 
 def torch_linear() -> Initializer:
@@ -52,6 +64,8 @@ def uniform(bound: float) -> Initializer:
 
 def torch_bias(fan_in: int) -> Initializer:
     """Uniform in +-1/sqrt(fan_in): `torch.nn.Linear`'s bias distribution."""
+    if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in < 1:
+        raise ValueError(f"lm.initializers.torch_bias: fan_in must be an int >= 1, got {fan_in!r}")
     return uniform(1.0 / math.sqrt(fan_in))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import reprlib
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import jax
@@ -187,7 +188,13 @@ def check_key(name: str, key: Any, *, optional: bool = False) -> None:
 
 def check_float_input(name: str, x: Any) -> jax.Array:
     """Returns `x` as an array, raising a TypeError unless it is floating."""
-    x = jnp.asarray(x)
+    try:
+        x = jnp.asarray(x)
+    except TypeError as error:
+        raise layer_error(
+            name, f"expected a floating-point array, got {type(x).__name__} {reprlib.repr(x)}",
+            TypeError,
+        ) from error
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise layer_error(
             name,

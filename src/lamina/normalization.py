@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Mapping
 
 import jax.numpy as jnp
@@ -23,6 +24,8 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
       A `Layer` with params `{"scale": (d,), "offset": (d,)}`, initialised to
       ones and zeros, where `d` is the size of the last axis.
     """
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise layer_error("LayerNorm", f"eps must be a number > 0, got {eps!r}", TypeError)
     if not eps > 0:
         raise layer_error("LayerNorm", f"eps must be > 0, got {eps!r}")
     name = "LayerNorm()"
@@ -37,7 +40,9 @@ def LayerNorm(eps: float = 1e-5) -> Layer:
         if not isinstance(params, Mapping) or set(params) != {"scale", "offset"}:
             got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
             raise layer_error(
-                name, f"expected params {{'scale': (d,), 'offset': (d,)}}, got {got}"
+                name,
+                f"expected params {{'scale': (d,), 'offset': (d,)}}, got {got}",
+                ValueError if isinstance(params, Mapping) else TypeError,
             )
         scale, offset = params["scale"], params["offset"]
         if x.ndim < 1 or scale.shape != (x.shape[-1],) or offset.shape != scale.shape:

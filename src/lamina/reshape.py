@@ -31,7 +31,7 @@ def Flatten() -> Layer:
     name = "Flatten()"
 
     def init(key, input_shape):
-        return (size(check_input_shape(name, input_shape)),), ()
+        return (size(check_input_shape(name, input_shape, min_rank=1)),), ()
 
     def apply(params, x, *, key=None):
         x = jnp.asarray(x)

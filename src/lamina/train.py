@@ -37,7 +37,7 @@ def accuracy(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike) -> jax.
       Array(0.5, dtype=float32)
     """
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    if labels.shape == logits.shape:
+    if logits.ndim >= 1 and labels.shape == logits.shape:
         labels = jnp.argmax(labels, axis=-1)
     if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
         raise layer_error(
@@ -71,6 +71,26 @@ def _batch_loss(model, loss_fn, params, inputs, targets, key, weights=None):
     return jnp.sum(loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def _unpack_batch(where: str, batch: Any) -> tuple[Any, Any]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        if hasattr(batch, "shape"):
+            got = f"one array of shape {tuple(batch.shape)}"
+        else:
+            got = f"a {type(batch).__name__}" + (
+                f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+            )
+        raise layer_error(
+            where, f"batch must be an (inputs, targets) pair, got {got}", TypeError
+        )
+    return batch[0], batch[1]
+
+
+def _check_positive_ints(where: str, **values: Any) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise layer_error(where, f"{name} must be an int >= 1, got {value!r}")
+
+
 def _check_step_args(model: Layer, loss_fn: Any, optimizer: Any, where: str) -> None:
     check_layer_type(where, model)
     if not callable(loss_fn):
@@ -89,7 +109,7 @@ def _check_step_args(model: Layer, loss_fn: Any, optimizer: Any, where: str) -> 
 
 def _make_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation):
     def step(params, opt_state, batch, *, key=None, weights=None):
-        inputs, targets = batch
+        inputs, targets = _unpack_batch("train_step", batch)
         loss, grads = jax.value_and_grad(
             lambda p: _batch_loss(model, loss_fn, p, inputs, targets, key, weights)
         )(params)
@@ -183,7 +203,7 @@ def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
 
     @jax.jit
     def grads(params, batch):
-        inputs, targets = batch
+        inputs, targets = _unpack_batch("per_example_grads", batch)
         return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, inputs, targets)
 
     return grads
@@ -213,6 +233,7 @@ def evaluate(
     Returns:
       `{"loss": float, **{name: float}}` over all examples.
     """
+    _check_positive_ints("evaluate", batch_size=batch_size)
     inputs, targets = as_dataset("evaluate", data)
     check_params(model, params, inputs.shape[1:])
     return _evaluate(_forward_padded(model), params, inputs, targets, loss_fn,
@@ -301,9 +322,7 @@ def fit(
         the epoch and step.
     """
     _check_step_args(model, loss_fn, optimizer, "fit")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise layer_error("fit", f"{name} must be an int >= 1, got {value!r}")
+    _check_positive_ints("fit", epochs=epochs, batch_size=batch_size)
     check_key("fit", key)
     inputs, targets = as_dataset("fit: train_data", train_data)
     check_params(model, params, inputs.shape[1:])

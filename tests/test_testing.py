@@ -1,0 +1,310 @@
+"""lm.testing.check_layer: every lamina layer passes, and each broken layer is caught.
+
+Each broken layer below breaks exactly one property in a way users really
+do (a Python-float param, np.random in apply, a batching rule that mixes
+examples, a wrong custom derivative, ...); the test asserts the check names
+that property and says by how much.
+"""
+
+import itertools
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import lamina as lm
+from lamina import testing
+
+ALL_LAYERS = [
+    (lm.Dense(3), (4,)),
+    (lm.Dense(3, act="relu"), (2, 4)),
+    (lm.Dense(2, act="tanh", use_bias=False), (3,)),
+    (lm.Dense(2, w_init=lm.initializers.he_normal()), (3,)),
+    *[(lm.Activation(name), (2, 3)) for name in sorted(lm.ACTIVATIONS)],
+    (lm.Activation(jax.nn.gelu), (3,)),
+    (lm.Relu(), (3,)),
+    (lm.Sigmoid(), (3,)),
+    (lm.Tanh(), (3,)),
+    (lm.Softmax(), (3,)),
+    (lm.LogSoftmax(), (3,)),
+    (lm.serial(lm.Dense(4, act="relu"), lm.Dense(2)), (3,)),
+    (lm.mlp([4, 4, 2], act="gelu", final_act="log_softmax"), (3,)),
+    (lm.parallel(lm.Dense(2), lm.Identity()), (3,)),  # a tuple out
+    (lm.Concat(), ((2,), (3,))),  # a tuple in
+    (lm.Concat(axis=0), ((2, 3), (1, 3))),
+    (lm.serial(lm.parallel(lm.Dense(2), lm.LayerNorm()), lm.Concat()), (3,)),
+    (lm.residual(lm.serial(lm.Dense(4, act="tanh"), lm.Dense(3))), (3,)),
+    (lm.Dropout(0.5), (5,)),
+    (lm.Dropout(0.0), (5,)),
+    (lm.serial(lm.Dense(4), lm.Dropout(0.3), lm.Dense(2)), (3,)),
+    (lm.LayerNorm(), (4,)),
+    (lm.LayerNorm(), (2, 4)),
+    (lm.Flatten(), (2, 3)),
+    (lm.Identity(), (3,)),
+]
+
+
+@testing.parametrize(ALL_LAYERS)
+def test_every_lamina_layer_passes(layer, input_shape):
+    testing.check_layer(layer, input_shape)
+
+
+def test_compute_dtype_layers_pass_with_their_dtype():
+    layer = lm.Dense(4, dtype=jnp.bfloat16)
+    testing.check_layer(layer, (3,), dtype=jnp.bfloat16)
+    with pytest.raises(AssertionError, match=r"'dtype' check: .*output has dtype bfloat16, expected float32"):
+        testing.check_layer(layer, (3,))
+    testing.check_layer(lm.Dense(4, dtype=jnp.float32), (3,))  # float32 whatever the input
+    mixed = lm.with_dtype(lm.serial(lm.Dense(4, act="gelu"), lm.LayerNorm(), lm.Dropout(0.2)), jnp.bfloat16)
+    testing.check_layer(mixed, (3,), dtype=jnp.bfloat16)
+
+
+def test_a_user_layer_passes():
+    def init(key, input_shape):
+        return input_shape[:-1] + (2,), {"M": jax.random.normal(key, (2, input_shape[-1]))}
+
+    def apply(params, x, *, key=None):
+        return jnp.tanh(x @ params["M"].T)
+
+    testing.check_layer(lm.Layer(init, apply, "Tanh2"), (5,))
+
+
+# Deliberately broken layers, at least one per property.
+
+
+def _same_shape(key, input_shape):
+    return input_shape, ()
+
+
+def _layer(apply, name, init=_same_shape):
+    return lm.Layer(init, apply, name)
+
+
+def _hidden_state_init():
+    # Each init call makes W one row taller: eval_shape and init disagree.
+    rows = itertools.count(2)
+
+    def init(key, input_shape):
+        n = next(rows)
+        return (n,), {"W": jnp.ones((n, input_shape[-1]))}
+
+    return init
+
+
+def _batch_norm_by_vmap_rule():
+    # Centers each example on the mean of the batch it is vmapped in: one
+    # example's output depends on the others.
+    @jax.custom_batching.custom_vmap
+    def center(x):
+        return x
+
+    @center.def_vmap
+    def rule(axis_size, in_batched, xs):
+        return xs - jnp.mean(xs, axis=0, keepdims=True), True
+
+    return _layer(lambda p, x, *, key=None: center(x), "BatchCenter")
+
+
+def _softplus_wrong_derivative():
+    @jax.custom_jvp
+    def softplus(x):
+        return jnp.logaddexp(x, 0.0)
+
+    @softplus.defjvp
+    def jvp(primals, tangents):
+        (x,), (t,) = primals, tangents
+        return softplus(x), 2 * jax.nn.sigmoid(x) * t  # should be sigmoid(x) * t
+
+    return _layer(lambda p, x, *, key=None: softplus(x), "BadSoftplus")
+
+
+_calls = itertools.count()
+_concretizes = _layer(lambda p, x, *, key=None: x * float(x[0]), "Concretizes")
+
+BROKEN = [
+    # (layer, input_shape, property, fragments the message must contain)
+    (_layer(lambda p, x, *, key=None: x, "WrongShape", lambda k, s: ((4,), ())), (3,), "shape",
+     [r"WrongShape", r"declared output shape \(4,\)", r"returned shape \(3,\)"]),
+    (_layer(lambda p, x, *, key=None: p["W"] @ x, "GrowingInit", _hidden_state_init()), (3,), "shape",
+     [r"GrowingInit", r"jax\.eval_shape", r"\(3,\)", r"\(2,\)"]),
+    (lm.Dense(3, w_init=lambda k, s, d: jax.random.normal(k, s, d) / jnp.sqrt(s[1] - 1)), (1,), "finite",
+     [r"Dense\(3\)", r"params at 'W' \(shape \(3, 1\)\) holds 3 NaN or infinite value\(s\) out of 3"]),
+    (_layer(lambda p, x, *, key=None: jnp.log(x), "Log"), (4,), "finite",
+     [r"Log", r"output of apply\(params, x\)", r"NaN or infinite"]),
+    (_layer(lambda p, x, *, key=None: x + np.random.normal(size=x.shape).astype(np.float32), "NumpyNoise"),
+     (3,), "deterministic", [r"NumpyNoise", r"key=None differ", r"Max absolute difference"]),
+    (_layer(lambda p, x, *, key=None: x * next(_calls), "CallCounter"), (3,), "deterministic",
+     [r"CallCounter", r"key=None differ", r"Mismatched elements"]),
+    (_layer(lambda p, x, *, key=None: x if key is None else x + jax.random.normal(jax.random.key(next(_calls)), x.shape),
+            "FreshKeyEachCall"), (3,), "deterministic",
+     [r"FreshKeyEachCall", r"with the same key differ", r"Max absolute difference"]),
+    (_concretizes, (3,), "jit",
+     [r"Concretizes", r"jax\.jit\(apply\) raised ConcretizationTypeError"]),
+    (_layer(lambda p, x, *, key=None: x * p["scale"], "PythonFloatParam", lambda k, s: (s, {"scale": 2.0})),
+     (3,), "retrace", [r"PythonFloatParam", r"traced 2 times, expected 1", r"\['scale'\] are weakly typed"]),
+    (_layer(lambda p, x, *, key=None: x * p["scale"], "WeakArrayParam", lambda k, s: (s, {"scale": jnp.asarray(2.0)})),
+     (3,), "retrace", [r"WeakArrayParam", r"traced 2 times", r"jnp\.asarray\(value, jnp\.float32\)"]),
+    (_batch_norm_by_vmap_rule(), (4,), "vmap",
+     [r"BatchCenter", r"jax\.vmap\(apply\) over 3 examples differs from a loop over them", r"Mismatched elements: 12 / 12"]),
+    (_softplus_wrong_derivative(), (3,), "gradient",
+     [r"BadSoftplus", r"with respect to input differ from finite differences", r"Max absolute difference"]),
+    (_layer(lambda p, x, *, key=None: x + jax.lax.stop_gradient(x * x), "StopGradient"), (3,), "gradient",
+     [r"StopGradient", r"with respect to input differ", r"at two random inputs"]),
+    (lm.Layer(lambda k, s: (s, {"w": jnp.ones(s)}),
+              lambda p, x, *, key=None: jax.lax.stop_gradient(p["w"]) * x, "FrozenWeight"), (3,), "gradient",
+     [r"FrozenWeight", r"with respect to params differ"]),
+    (_layer(lambda p, x, *, key=None: jax.pure_callback(
+        np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="sequential"), "HostSin"),
+     (3,), "gradient", [r"HostSin", r"jax\.vjp raised ValueError", r"Pure callbacks do not support JVP"]),
+    (_layer(lambda p, x, *, key=None: jnp.sqrt(jnp.abs(x) - jnp.abs(x)), "SqrtZero"), (3,), "gradient",
+     [r"SqrtZero", r"gradient with respect to input holds NaN or infinity"]),
+    (_layer(lambda p, x, *, key=None: x.astype(jnp.float16), "HalfOut"), (3,), "dtype",
+     [r"HalfOut", r"has dtype float16, expected float32"]),
+    (lm.parallel(lm.Identity(), _layer(lambda p, x, *, key=None: x.astype(jnp.float16), "HalfOut")), (3,),
+     "dtype", [r"parallel\(Identity\(\), HalfOut\)", r"output at '1' has dtype float16"]),
+]
+
+
+@pytest.mark.parametrize(
+    "layer, input_shape, prop, fragments", BROKEN, ids=[f"{row[2]}-{row[0].name}" for row in BROKEN]
+)
+def test_broken_layer_is_caught_naming_the_property(layer, input_shape, prop, fragments):
+    with pytest.raises(AssertionError) as info:
+        testing.check_layer(layer, input_shape)
+    error = info.value
+    assert isinstance(error, testing.LayerCheckError)
+    assert error.property == prop and error.layer_name == layer.name
+    message = str(error)
+    assert message.startswith(f"{layer.name} fails check_layer's '{prop}' check: "), message
+    for fragment in fragments:
+        assert re.search(fragment, message), (fragment, message)
+
+
+def test_every_property_has_a_broken_layer():
+    assert {row[2] for row in BROKEN} == set(testing.PROPERTIES)
+
+
+def test_an_exception_inside_a_check_is_chained():
+    no_key = _layer(lambda p, x: x, "NoKeyword")  # apply without key=
+    with pytest.raises(testing.LayerCheckError, match=r"'deterministic' check: calling apply\(params, x, key=k\) raised TypeError") as info:
+        testing.check_layer(no_key, (3,))
+    assert isinstance(info.value.__cause__, TypeError)
+    with pytest.raises(testing.LayerCheckError) as info:
+        testing.check_layer(_concretizes, (3,))
+    assert isinstance(info.value.__cause__, jax.errors.ConcretizationTypeError)
+
+
+def test_init_that_fails_is_a_shape_failure():
+    with pytest.raises(testing.LayerCheckError, match=r"residual\(Dense\(5\)\) fails check_layer's 'shape' check: init\(key, \(4,\)\) raised ValueError: .*maps \(4,\) to \(5,\)"):
+        testing.check_layer(lm.residual(lm.Dense(5)), (4,))
+
+
+def test_a_kink_straddled_by_the_step_is_not_a_failure():
+    # Every unit sits 1e-7 above relu's kink at the first input check_layer
+    # draws, so the finite-difference step (1e-6) straddles it there.
+    first = []
+
+    def apply(params, x, *, key=None):
+        if not first:
+            first.append(np.asarray(x))
+        return jax.nn.relu(x - first[0] + 1e-7)
+
+    layer = _layer(apply, "KinkAtFirstInput")
+    testing.check_layer(layer, (6,))  # the second random input decides
+    enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
+    with enable_x64(True):
+        x0 = np.asarray(first[0], np.float64)
+        with pytest.raises(AssertionError):  # ...and the first alone would fail
+            check_grads(lambda x: apply((), x), (x0,), order=1, modes=["rev"], eps=1e-6)
+
+
+def test_x64_is_restored_after_the_gradient_check():
+    assert not jax.config.jax_enable_x64
+    testing.check_layer(lm.Dense(2), (3,))
+    assert not jax.config.jax_enable_x64
+    with pytest.raises(testing.LayerCheckError):
+        testing.check_layer(_softplus_wrong_derivative(), (3,))
+    assert not jax.config.jax_enable_x64
+
+
+def test_x64_stays_on_when_it_was_on(x64):
+    testing.check_layer(lm.mlp([3, 2]), (4,))
+    assert jax.config.jax_enable_x64
+
+
+def test_the_gradient_check_runs_in_float64():
+    seen = []
+
+    def apply(params, x, *, key=None):
+        seen.append(x.dtype)
+        return jnp.sin(x)
+
+    testing.check_layer(_layer(apply, "Spy"), (3,))
+    assert jnp.dtype("float64") in seen and jnp.dtype("float32") in seen
+
+
+def test_vmap_check_vmaps_over_batch_examples():
+    sizes = []
+
+    @jax.custom_batching.custom_vmap
+    def spy(x):
+        return x
+
+    @spy.def_vmap
+    def rule(axis_size, in_batched, xs):
+        sizes.append(axis_size)
+        return xs, in_batched[0]
+
+    # custom_vmap has no reverse mode, so the check gets past vmap to 'gradient'.
+    with pytest.raises(testing.LayerCheckError, match="'gradient' check"):
+        testing.check_layer(_layer(lambda p, x, *, key=None: spy(x), "Spy"), (2,), batch=5)
+    assert sizes and set(sizes) == {5}
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(layer=lambda p, x: x, input_shape=(3,)), r"check_layer: expected a lamina Layer"),
+        (dict(layer=lm.Dense(2), input_shape=3), r"input_shape must be the shape of one example.*got 3"),
+        (dict(layer=lm.Dense(2), input_shape=(3,), key=0), r"check_layer: expected a PRNG key.*got int 0"),
+        (dict(layer=lm.Dense(2), input_shape=(3,), batch=0), r"batch must be an int >= 1, got 0"),
+    ],
+)
+def test_bad_arguments(kwargs, pattern):
+    layer, shape = kwargs.pop("layer"), kwargs.pop("input_shape")
+    with pytest.raises(TypeError, match=pattern):
+        testing.check_layer(layer, shape, **kwargs)
+
+
+def test_parametrize_ids_and_values():
+    cases = [(lm.Dense(3, act="relu"), (4,)), (lm.Concat(), ((3,), (5,))), (lm.Identity(), ())]
+    mark = testing.parametrize(cases)
+    assert mark.name == "parametrize"
+    assert mark.args == ("layer, input_shape", cases)
+    assert mark.kwargs["ids"] == ["Dense(3, relu)-4", "Concat(axis=-1)-3|5", "Identity()-scalar"]
+    with pytest.raises(TypeError, match=r"parametrize: case 1 must be a \(layer, input_shape\) pair"):
+        testing.parametrize([(lm.Dense(3), (4,)), lm.Dense(3)])
+    with pytest.raises(TypeError, match=r"parametrize: case 0: expected a lamina Layer"):
+        testing.parametrize([("Dense", (4,))])
+
+
+def test_imports_without_pytest():
+    code = "import sys; sys.modules['pytest'] = None; import lamina.testing; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_integer_params_are_held_fixed_and_legacy_keys_work():
+    def init(key, input_shape):
+        return input_shape, {"w": jax.random.normal(key, input_shape), "n": jnp.int32(3)}
+
+    def apply(params, x, *, key=None):
+        return x * params["w"] * params["n"]
+
+    testing.check_layer(lm.Layer(init, apply, "IntLeaf"), (3,))
+    testing.check_layer(lm.serial(lm.Dense(3), lm.Dropout(0.5)), (4,), key=jax.random.PRNGKey(3))
