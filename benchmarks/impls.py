@@ -64,9 +64,10 @@ class JaxImpl:
             return jnp.mean(_xent(apply(params, xs), ys))
 
         def step(params, opt_state, xs, ys):
-            grads = jax.grad(loss)(params, xs, ys)
+            # value_and_grad: a training loop reports its loss, as lm.train_step does.
+            value, grads = jax.value_and_grad(loss)(params, xs, ys)
             updates, opt_state = self.opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
+            return optax.apply_updates(params, updates), opt_state, value
 
         def one(params, x, y):
             return loss(params, x[None], y[None])
@@ -82,8 +83,9 @@ class JaxImpl:
         return self._fwd(self.params, xs)
 
     def train_step(self):
-        self.state = self._step(*self.state, self.xs, self.ys)
-        return self.state
+        params, opt_state, value = self._step(*self.state, self.xs, self.ys)
+        self.state = (params, opt_state)
+        return value
 
     def per_example_grads(self):
         return self._peg(self.params, self.xs, self.ys)
@@ -131,9 +133,9 @@ class Lamina(JaxImpl):
 
     def train_step(self):
         params, opt_state = self.state
-        params, opt_state, _ = self._lm_step(params, opt_state, (self.xs, self.ys))
+        params, opt_state, metrics = self._lm_step(params, opt_state, (self.xs, self.ys))
         self.state = (params, opt_state)
-        return self.state
+        return metrics["loss"]
 
     def per_example_grads(self):
         return self._peg(self.params, (self.xs, self.ys))
@@ -250,9 +252,9 @@ class Equinox(JaxImpl):
 
         @eqx.filter_jit(donate="all")
         def step(model, opt_state, xs, ys):
-            grads = eqx.filter_grad(loss)(model, xs, ys)
+            value, grads = eqx.filter_value_and_grad(loss)(model, xs, ys)
             updates, opt_state = self.opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-            return eqx.apply_updates(model, updates), opt_state
+            return eqx.apply_updates(model, updates), opt_state, value
 
         @eqx.filter_jit
         def peg(model, xs, ys):
@@ -303,8 +305,9 @@ class FlaxNNX(JaxImpl):
 
         @nnx.jit
         def step(model, optimizer, xs, ys):
-            grads = nnx.grad(loss)(model, xs, ys)
+            value, grads = nnx.value_and_grad(loss)(model, xs, ys)
             optimizer.update(model, grads) if _nnx_update_takes_model(optimizer) else optimizer.update(grads)
+            return value
 
         @nnx.jit
         def peg(model, xs, ys):
@@ -330,8 +333,7 @@ class FlaxNNX(JaxImpl):
         return self._fwd(self.model, xs)
 
     def train_step(self):
-        self._step(self.train_model, self.optimizer, self.xs, self.ys)
-        return self.train_model
+        return self._step(self.train_model, self.optimizer, self.xs, self.ys)
 
     def per_example_grads(self):
         return self._peg(self.model, self.xs, self.ys)
@@ -391,7 +393,7 @@ class Torch:
         loss = self.torch.nn.functional.cross_entropy(self.train_model(self.xs), self.ys)
         loss.backward()
         self.optimizer.step()
-        return loss
+        return loss.detach()
 
     def per_example_grads(self):
         return self._peg(self._params, self.xs, self.ys)

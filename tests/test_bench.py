@@ -51,3 +51,23 @@ def test_reference_forward_by_hand():
                (np.array([[2.0]], np.float32), np.array([-1.0], np.float32))]
     # relu(1*3 - 1*1 + 0.5) = 2.5, then 2 * 2.5 - 1 = 4
     np.testing.assert_allclose(impls.numpy_forward(weights, np.array([[3.0, 1.0]])), [[4.0]])
+
+
+def test_every_installed_impl_takes_the_same_adam_step():
+    # All libraries start from the same weights and batch, so the losses of
+    # two consecutive Adam steps must agree: the timed work is the same work.
+    weights = impls.make_weights([12, 8, 8, 3])
+    xs = np.random.default_rng(1).normal(size=(5, 12)).astype(np.float32)
+    ys = np.array([0, 1, 2, 0, 1])
+    losses = {}
+    for key in impls.available():
+        impl = impls.ALL[key][0](weights)
+        impl.prepare(xs, ys)
+        losses[key] = [float(impls.block(impl.train_step())) for _ in range(2)]
+    logits = impls.numpy_forward(weights, xs)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    first = -logp[np.arange(5), ys].mean()  # the loss before any update
+    for key, (before, after) in losses.items():
+        np.testing.assert_allclose(before, first, rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(after, losses["jax"][1], rtol=1e-5, err_msg=key)
+        assert after < before, key
