@@ -100,3 +100,9 @@ def test_trace_works_under_jit(key):
     zs = jax.jit(lambda p, x: [s.weighted_sum for s in lm.trace(model, p, x)])(params, jnp.ones(4))
     eager = [s.weighted_sum for s in lm.trace(model, params, jnp.ones(4))]
     chex.assert_trees_all_close(zs, eager, rtol=1e-6)
+
+
+def test_forward_is_reused_for_the_same_model(key):
+    model = lm.mlp([4, 2])
+    assert lm.forward(model) is lm.forward(model)
+    assert lm.forward(model) is not lm.forward(lm.mlp([4, 2]))

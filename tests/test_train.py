@@ -165,12 +165,12 @@ def test_partial_batch_does_not_recompile_per_epoch():
         traces.append(1)  # runs only while JAX traces
         return base.apply(params, x)
 
-    model = lm.Layer(base.init, apply, "Counted")
     xs = np.ones((10, 3), np.float32)  # 10 = 4 + 4 + 2: a partial last batch
     ys = np.zeros(10, np.int32)
 
     def run(epochs):
         traces.clear()
+        model = lm.Layer(base.init, apply, f"Counted{epochs}")  # a new model: nothing compiled to reuse
         _, params = model.init(jax.random.key(0), (3,))
         lm.fit(model, params, optax.sgd(0.1), (xs, ys), loss_fn=xent, epochs=epochs, batch_size=4,
                key=jax.random.key(0), eval_data=(xs, ys), progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import jax
@@ -15,7 +16,8 @@ def forward(model: Layer) -> Callable[..., jax.Array]:
     """Returns `fwd(params, xs, *, key=None)`: the model over a batch, jitted.
 
     `fwd` is `jax.jit(jax.vmap(model.apply))`; shapes are checked by the
-    layers when it is traced (once per input shape, never per call). With a
+    layers when it is traced (once per input shape, never per call). Calling
+    `forward` again with the same model returns the same function. With a
     key, each example gets its own key split from it (dropout differs per
     example); `key=None` is deterministic inference.
 
@@ -34,7 +36,13 @@ def forward(model: Layer) -> Callable[..., jax.Array]:
       (5, 2)
     """
     check_layer_type("forward", model)
+    return _jitted_forward(model)
 
+
+@functools.lru_cache(maxsize=64)
+def _jitted_forward(model: Layer) -> Callable[..., jax.Array]:
+    # One jitted function per model, so `lm.forward(model)(params, xs)` written
+    # inline (or lm.evaluate called every epoch) reuses its compiled program.
     def fwd(params: Params, xs: jax.Array, *, key: Optional[jax.Array] = None):
         if jnp.ndim(xs) < 1:
             raise layer_error(

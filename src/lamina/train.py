@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from lamina.data import as_dataset, check_targets
-from lamina.forward import apply_batch
+from lamina.forward import apply_batch, forward
 from lamina.layer import Layer, Params, check_key, layer_error
 from lamina.params import check_layer_type, check_params
 
@@ -236,7 +236,7 @@ def evaluate(
     _check_positive_ints("evaluate", batch_size=batch_size)
     inputs, targets = as_dataset("evaluate", data)
     check_params(model, params, inputs.shape[1:])
-    return _evaluate(_forward_padded(model), params, inputs, targets, loss_fn,
+    return _evaluate(forward(model), params, inputs, targets, loss_fn,
                      batch_size, _default_metrics(metrics, targets))
 
 
@@ -244,10 +244,6 @@ def _default_metrics(metrics, targets):
     if metrics is not None:
         return dict(metrics)
     return {"accuracy": accuracy} if jnp.issubdtype(targets.dtype, jnp.integer) else {}
-
-
-def _forward_padded(model):
-    return jax.jit(lambda params, xs: apply_batch(model, params, xs))
 
 
 def _evaluate(fwd, params, inputs, targets, loss_fn, batch_size, metrics):
@@ -339,7 +335,7 @@ def fit(
     steps = n // batch_size if scalar_loss else math.ceil(n / batch_size)
     opt_state = optimizer.init(params)
     step = _make_fit_step(_make_step(model, loss_fn, optimizer))
-    fwd = _forward_padded(model)
+    fwd = forward(model)
     history: dict[str, list[float]] = {"train_loss": []}
     bar = _progress_bar(epochs * steps, progress)
     sizes = [min(batch_size, n - i * batch_size) for i in range(steps)]
