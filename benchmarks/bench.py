@@ -11,6 +11,7 @@ floor's.
     python benchmarks/bench.py                 # full run, a few minutes
     python benchmarks/bench.py --quick         # under a minute
     python benchmarks/bench.py --json out.json --impls jax,lamina,torch
+    python benchmarks/bench.py --show benchmarks/results-2026-11-26.json
 """
 
 from __future__ import annotations
@@ -164,6 +165,30 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def format_compact(rows):
+    """One row per workload, one column per library: median, and (ratio to jax)."""
+    impls_seen = list(dict.fromkeys(r["impl"] for r in rows))
+    keys = list(dict.fromkeys((r["shape"], r["metric"]) for r in rows))
+    lines = [
+        "| shape | workload | " + " | ".join(impls_seen) + " |",
+        "|---|---|" + "---|" * len(impls_seen),
+    ]
+    for key in keys:
+        cells = []
+        for name in impls_seen:
+            found = [r for r in rows if (r["shape"], r["metric"]) == key and r["impl"] == name]
+            if not found:
+                cells.append("-")
+                continue
+            ms = found[0]["median_ms"]
+            text = f"{ms * 1e3:.0f} us" if ms < 1 else f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+            if found[0]["ratio_to_jax"] is not None and not name.startswith("jax"):
+                text += f" ({found[0]['ratio_to_jax']:.2f})"
+            cells.append(f"**{text}**" if name == "lamina" else text)
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def versions():
     import importlib.metadata as md
 
@@ -185,7 +210,13 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--compile-rounds", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--show", default=None, metavar="JSON", help="print the tables of a saved run and exit")
     args = parser.parse_args(argv)
+    if args.show:
+        with open(args.show) as f:
+            rows = json.load(f)["rows"]
+        print(format_table(rows) + "\n\n" + format_compact(rows))
+        return rows
     keys = [k for k in args.impls.split(",") if k]
     unknown = set(keys) - set(impls.ALL)
     if unknown:
@@ -208,7 +239,7 @@ def main(argv=None):
     }
     print(f"\n{meta['date']}, {meta['machine']}, backend {meta['backend']}, "
           f"{rounds} rounds; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
-    print(format_table(rows))
+    print(format_table(rows) + "\n\n" + format_compact(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

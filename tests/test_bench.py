@@ -35,6 +35,8 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
             assert r["ratio_to_jax"] == 1.0
     table = capsys.readouterr().out
     assert "| 784-256-256-10 | forward b=1 | lamina |" in table
+    assert bench.main(["--show", str(out)]) == rows
+    assert "| 784-256-256-10 | forward b=1 | " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("key", [k for k in impls.available()])
