@@ -4,6 +4,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 import safetensors.numpy
 
 from example_runner import load
@@ -15,6 +16,7 @@ def numpy_mlp(tensors, xs):
 
 
 def test_checkpoints_and_interop(tmp_path, capsys):
+    pytest.importorskip("torch")  # in the test extra; the test below covers a machine without it
     module = load("checkpoints_and_interop")
     result = module.main(["--out", str(tmp_path), "--epochs", "5"])
     out = capsys.readouterr().out

@@ -52,7 +52,7 @@ def test_artifact_runs_without_lamina(tmp_path, served):
     script = textwrap.dedent(f"""
         import sys
         sys.modules["lamina"] = None  # any import of lamina now fails
-        import jax, numpy as np
+        import jax, jax.export, numpy as np
         exported = jax.export.deserialize(bytearray(open({str(tmp_path / "model.jax")!r}, "rb").read()))
         np.save({str(tmp_path / "ys.npy")!r}, np.asarray(exported.call(np.load({str(tmp_path / "xs.npy")!r}))))
     """)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence, Union
 
 import jax
+import jax.export  # noqa: F401 - jax < 0.7 does not load it with `import jax`
 import jax.numpy as jnp
 import numpy as np
 
