@@ -114,17 +114,36 @@ def _first_difference(want: Any, got: Any, path: tuple) -> Optional[tuple[tuple,
     return None
 
 
-def _layer_at(model: Layer, expected: Params, input_shape: Shape, path: tuple) -> str:
-    """The path and name of the deepest layer owning params at `path`."""
+def abstract_trace(model: Layer, params: Params, input_shape: Shape) -> list:
+    """`lm.trace` under `jax.eval_shape`: every step, with shapes in place of values.
+
+    Nothing is computed or allocated; each array in a step (input, params,
+    weighted sum, output) is a `jax.ShapeDtypeStruct`. `params` may itself
+    hold `jax.ShapeDtypeStruct` leaves, e.g. from `param_shapes`.
+    """
     steps = []
 
-    def run(params):
-        x = jnp.zeros(input_shape, jnp.float32)
-        steps.extend(trace_of(model)(params, x)[1])
-        return 0.0
+    def as_shapes(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
+    def run(params, x):
+        y, trace = trace_of(model)(params, x)
+        # Only shapes may leave: the values are tracers.
+        steps.extend(
+            s._replace(input=as_shapes(s.input), params=as_shapes(s.params),
+                       weighted_sum=as_shapes(s.weighted_sum), output=as_shapes(s.output))
+            for s in trace
+        )
+        return y
+
+    jax.eval_shape(run, params, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    return steps
+
+
+def _layer_at(model: Layer, expected: Params, input_shape: Shape, path: tuple) -> str:
+    """The path and name of the deepest layer owning params at `path`."""
     try:
-        jax.eval_shape(run, expected)
+        steps = abstract_trace(model, expected, input_shape)
     except Exception:  # noqa: BLE001 - naming the layer is best effort only
         return model.name
     index = tuple(p for p in path if isinstance(p, int))

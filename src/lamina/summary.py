@@ -21,11 +21,10 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lamina.layer import Layer, Shape, size, trace_of
-from lamina.params import check_layer_type, param_shapes
+from lamina.layer import Layer, Shape, size
+from lamina.params import abstract_trace, check_layer_type, param_shapes
 
 
 class SummaryRow(NamedTuple):
@@ -121,19 +120,7 @@ def summary(model: Layer, input_shape: Shape, *, show: bool = True) -> Summary:
     """
     check_layer_type("summary", model)
     output_shape, params = param_shapes(model, input_shape)
-    steps = []
-
-    def run(params, x):
-        y, trace = trace_of(model)(params, x)
-        # Only shapes leave the trace: the values are tracers.
-        steps.extend(
-            s._replace(input=_shapes(s.input), params=_shapes(s.params),
-                       weighted_sum=None, output=_shapes(s.output))
-            for s in trace
-        )
-        return y
-
-    jax.eval_shape(run, params, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    steps = abstract_trace(model, params, input_shape)
     rows = []
     for step in steps:
         # residual and parallel add a step of their own after their
@@ -165,10 +152,6 @@ def _human_bytes(n: int) -> str:
         if n >= scale:
             return f"{n:,} bytes ({n / scale:.1f} {unit})"
     return f"{n:,} bytes"
-
-
-def _shapes(tree: Any) -> Any:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
 
 def _flops(step, combinator: bool) -> int:
