@@ -1,14 +1,23 @@
 """lamina against hand-written JAX and other libraries, side by side.
 
-Every implementation gets the same NumPy weights and is checked against a
-float64 NumPy forward before anything is timed. Workloads run in interleaved
-rounds (each round visits the implementations in a new random order, so
-drift on a shared machine hits all of them alike); a round's figure is the
-mean of `number` calls, and the table shows the median over rounds with the
-[min-max] across rounds, and each median divided by the hand-written JAX
-floor's.
+Every implementation is built from the same weights (the (out, in) layouts
+from the very same device arrays, see impls.py), gets the same input arrays,
+and is checked against a float64 NumPy forward before anything is timed.
 
-    python benchmarks/bench.py                 # full run, a few minutes
+Timing is paired, because this is a shared machine whose speed drifts by
++-10% over seconds. A block times one implementation's calls (their mean,
+after a warm call). Each round visits the implementations in a new random
+order and times every one of them in a pair with a block of the
+hand-written JAX floor, right before or right after it (a coin decides);
+both blocks of a pair make the same number of calls, enough for the slower
+one to last about `--block-seconds`. An implementation's ratio to the floor
+is the median, over rounds, of its block divided by its pair's floor block:
+the two ran back to back, so drift cancels. The table shows each
+implementation's median time [min-max] over its blocks, and that paired
+ratio; the JSON also keeps the ratio's quartiles and range, and the plain
+ratio of the two medians.
+
+    python benchmarks/bench.py                 # full run, about 15 minutes
     python benchmarks/bench.py --quick         # under a minute
     python benchmarks/bench.py --json out.json --impls jax,lamina,torch
     python benchmarks/bench.py --show benchmarks/results-2026-11-26.json
@@ -47,25 +56,56 @@ def time_call(fn, number):
     return (time.perf_counter() - start) / number
 
 
-def bare_matmul_seconds(sizes, batch, number):
+def calls_per_block(fn, block_seconds):
+    """How many calls of `fn` fill a block of about `block_seconds` (at least one)."""
+    impls.block(fn())  # compile
+    per_call = time_call(fn, 3)
+    return max(1, round(block_seconds / per_call))
+
+
+def paired_rounds(measure, keys, rounds, rng):
+    """Times every key in a pair with the floor, in `rounds` shuffled rounds.
+
+    `measure(key, partner)` returns seconds; `partner` is the other key of
+    the pair, so both blocks of a pair can be made alike. Gives
+    {key: [seconds per block]} and {key: [block / its pair's floor block]};
+    the floor's list holds every floor block it ran.
+    """
+    others = [k for k in keys if k != FLOOR]
+    samples = {k: [] for k in keys}
+    ratios = {k: [] for k in others}
+    for _ in range(rounds):
+        for k in rng.permutation(others):
+            pair = [FLOOR, k] if rng.random() < 0.5 else [k, FLOOR]
+            took = {j: measure(j, k if j == FLOOR else FLOOR) for j in pair}
+            samples[FLOOR].append(took[FLOOR])
+            samples[k].append(took[k])
+            ratios[k].append(took[k] / took[FLOOR])
+    if not others:  # the floor alone still gets its rounds
+        samples[FLOOR] = [measure(FLOOR, FLOOR) for _ in range(rounds)]
+    return samples, ratios
+
+
+def bare_matmul_seconds(sizes, batch, block_seconds):
     """The same FLOPs as the forward's matmuls, each a bare jitted dot_general."""
     dot = jax.jit(lambda x, W: lax.dot_general(x, W, (((1,), (1,)), ((), ()))))
     total = 0.0
     for i, o in zip(sizes[:-1], sizes[1:]):
         x, W = jnp.ones((batch, i)), jnp.ones((o, i))
-        total += time_call(lambda: dot(x, W), number)
+        fn = lambda: dot(x, W)  # noqa: E731
+        total += time_call(fn, calls_per_block(fn, block_seconds))
     return total
 
 
 def workloads(sizes, quick):
-    """name -> (batch, calls per round, builder(impl, data) -> zero-arg callable)."""
+    """name -> (batch, builder(impl, data) -> zero-arg callable)."""
     big = 512 if quick else 4096
     peg_batch = 256 if sizes[1] <= 256 else 16  # wide per-example grads: 16 x 8.4M params
     return {
-        "forward b=1": (1, 200 if quick else 1000, lambda impl, d: (lambda: impl.forward(d))),
-        f"forward b={big}": (big, 3 if quick else 10, lambda impl, d: (lambda: impl.forward(d))),
-        "adam step b=256": (256, 5 if quick else 30, lambda impl, d: impl.train_step),
-        f"per-example grads b={peg_batch}": (peg_batch, 2 if quick else 5, lambda impl, d: impl.per_example_grads),
+        "forward b=1": (1, lambda impl, d: (lambda: impl.forward(d))),
+        f"forward b={big}": (big, lambda impl, d: (lambda: impl.forward(d))),
+        "adam step b=256": (256, lambda impl, d: impl.train_step),
+        f"per-example grads b={peg_batch}": (peg_batch, lambda impl, d: impl.per_example_grads),
     }
 
 
@@ -89,49 +129,52 @@ def cold_compile(key, shape):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def run(keys, shapes, rounds, quick, compile_rounds):
+def run(keys, shapes, rounds, block_seconds, quick, compile_rounds):
     results = {}
     rng = np.random.default_rng(0)
     for shape in shapes:
         sizes = SHAPES[shape]
         weights = impls.make_weights(sizes)
-        built = {k: impls.ALL[k][0](weights) for k in keys}
+        shared = impls.on_device(weights)
+        built = {k: impls.ALL[k][0](shared) for k in keys}
         probe = rng.normal(size=(8, sizes[0])).astype(np.float32)
         for impl in built.values():
             check_against_numpy(impl, weights, probe)
-        for metric, (batch, number, make) in workloads(sizes, quick).items():
-            xs = rng.normal(size=(batch, sizes[0])).astype(np.float32)
-            ys = rng.integers(0, sizes[-1], size=batch)
-            calls = {}
+        for metric, (batch, make) in workloads(sizes, quick).items():
+            xs = jnp.asarray(rng.normal(size=(batch, sizes[0])).astype(np.float32))
+            ys = jnp.asarray(rng.integers(0, sizes[-1], size=batch))
+            calls, numbers = {}, {}
             for k, impl in built.items():
                 impl.prepare(xs, ys)
                 calls[k] = make(impl, impl.to_device(xs))
-            samples = {k: [] for k in keys}
-            for _ in range(rounds):
-                for k in rng.permutation(keys):
-                    samples[k].append(time_call(calls[k], number))
-            flops = 2 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
-            extra = {}
+                numbers[k] = calls_per_block(calls[k], block_seconds)
+            # Both blocks of a pair make the same number of calls: the count
+            # changes how many large outputs are alive at once, and so what
+            # the allocator has to map, which would bias the ratio.
+            samples, ratios = paired_rounds(
+                lambda k, partner: time_call(calls[k], max(numbers[k], numbers[partner])),
+                keys, rounds, rng)
+            extra = {"ratios": ratios, "calls_per_block": numbers}
             if metric.startswith("forward") and batch > 1:
-                extra["bare_matmul_s"] = bare_matmul_seconds(sizes, batch, number)
-                extra["flops"] = flops
+                extra["bare_matmul_s"] = bare_matmul_seconds(sizes, batch, block_seconds)
+                extra["flops"] = 2 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
             results[(shape, metric)] = (samples, extra)
             print(f"  {shape} {metric}: done", file=sys.stderr)
         if compile_rounds:
-            samples = {k: [] for k in keys if impls.ALL[k][1] != "torch"}
-            for _ in range(compile_rounds):
-                for k in rng.permutation(list(samples)):
-                    samples[k].append(cold_compile(k, shape))
-            results[(shape, "cold compile b=1")] = (samples, {})
+            jax_keys = [k for k in keys if impls.ALL[k][1] != "torch"]
+            samples, ratios = paired_rounds(
+                lambda k, partner: cold_compile(k, shape), jax_keys, compile_rounds, rng)
+            results[(shape, "cold compile b=1")] = (samples, {"ratios": ratios})
     return results
 
 
 def summarize(results):
     rows = []
     for (shape, metric), (samples, extra) in results.items():
-        floor = statistics.median(samples[FLOOR]) if FLOOR in samples else None
+        floor = statistics.median(samples[FLOOR])
         for k, times in samples.items():
             med = statistics.median(times)
+            paired = extra["ratios"].get(k, [1.0])
             row = {
                 "shape": "-".join(map(str, SHAPES[shape])),
                 "metric": metric,
@@ -139,8 +182,16 @@ def summarize(results):
                 "median_ms": med * 1e3,
                 "min_ms": min(times) * 1e3,
                 "max_ms": max(times) * 1e3,
-                "ratio_to_jax": med / floor if floor else None,
+                "ratio_to_jax": statistics.median(paired),
+                "ratio_q1": float(np.percentile(paired, 25)),
+                "ratio_q3": float(np.percentile(paired, 75)),
+                "ratio_min": min(paired),
+                "ratio_max": max(paired),
+                "ratio_of_medians": med / floor,
+                "blocks": len(times),
             }
+            if "calls_per_block" in extra:
+                row["calls_per_block"] = extra["calls_per_block"][k]
             if "flops" in extra:
                 row["gflops"] = extra["flops"] / med / 1e9
                 row["fraction_of_bare_matmul"] = extra["bare_matmul_s"] / med
@@ -150,14 +201,16 @@ def summarize(results):
 
 def format_table(rows):
     lines = [
-        "| shape | workload | implementation | median ms [min-max] | / jax | notes |",
+        "| shape | workload | implementation | median ms [min-max] | / jax, paired median [quartiles] | notes |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         note = ""
         if "gflops" in r:
             note = f"{r['gflops']:.1f} GFLOP/s, {r['fraction_of_bare_matmul']:.2f} of bare matmul"
-        ratio = f"{r['ratio_to_jax']:.2f}" if r["ratio_to_jax"] is not None else "-"
+        ratio = f"{r['ratio_to_jax']:.3f}"
+        if "ratio_q1" in r and not r["impl"].startswith("jax"):
+            ratio += f" [{r['ratio_q1']:.3f}-{r['ratio_q3']:.3f}]"
         lines.append(
             f"| {r['shape']} | {r['metric']} | {r['impl']} | "
             f"{r['median_ms']:.3f} [{r['min_ms']:.3f}-{r['max_ms']:.3f}] | {ratio} | {note} |"
@@ -182,7 +235,7 @@ def format_compact(rows):
                 continue
             ms = found[0]["median_ms"]
             text = f"{ms * 1e3:.0f} us" if ms < 1 else f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
-            if found[0]["ratio_to_jax"] is not None and not name.startswith("jax"):
+            if not name.startswith("jax"):
                 text += f" ({found[0]['ratio_to_jax']:.2f})"
             cells.append(f"**{text}**" if name == "lamina" else text)
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
@@ -209,6 +262,8 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="comma-separated from small,wide")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--compile-rounds", type=int, default=None)
+    parser.add_argument("--block-seconds", type=float, default=None,
+                        help="how long one timed block of calls lasts (default 0.25, quick 0.05)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--show", default=None, metavar="JSON", help="print the tables of a saved run and exit")
     args = parser.parse_args(argv)
@@ -224,10 +279,11 @@ def main(argv=None):
     if FLOOR not in keys:
         keys.insert(0, FLOOR)
     shapes = (args.shapes or ("small" if args.quick else "small,wide")).split(",")
-    rounds = args.rounds or (3 if args.quick else 7)
-    compile_rounds = args.compile_rounds if args.compile_rounds is not None else (1 if args.quick else 3)
+    rounds = args.rounds or (3 if args.quick else 15)
+    block_seconds = args.block_seconds or (0.05 if args.quick else 0.25)
+    compile_rounds = args.compile_rounds if args.compile_rounds is not None else (1 if args.quick else 5)
 
-    results = run(keys, shapes, rounds, args.quick, compile_rounds)
+    results = run(keys, shapes, rounds, block_seconds, args.quick, compile_rounds)
     rows = summarize(results)
     meta = {
         "date": time.strftime("%Y-%m-%d"),
@@ -235,10 +291,11 @@ def main(argv=None):
         "backend": jax.default_backend(),
         "versions": versions(),
         "rounds": rounds,
+        "block_seconds": block_seconds,
         "quick": args.quick,
     }
     print(f"\n{meta['date']}, {meta['machine']}, backend {meta['backend']}, "
-          f"{rounds} rounds; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+          f"{rounds} paired rounds of {block_seconds} s blocks; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     print(format_table(rows) + "\n\n" + format_compact(rows))
     if args.json:
         with open(args.json, "w") as f:

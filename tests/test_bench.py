@@ -33,10 +33,38 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
         assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         if r["impl"].startswith("jax"):
             assert r["ratio_to_jax"] == 1.0
+        else:
+            assert r["ratio_min"] <= r["ratio_q1"] <= r["ratio_to_jax"] <= r["ratio_q3"] <= r["ratio_max"]
     table = capsys.readouterr().out
     assert "| 784-256-256-10 | forward b=1 | lamina |" in table
     assert bench.main(["--show", str(out)]) == rows
     assert "| 784-256-256-10 | forward b=1 | " in capsys.readouterr().out
+
+
+def test_paired_ratio_cancels_drift_between_pairs():
+    # A machine that gets 3x slower partway through a round: "b" always costs
+    # exactly twice the floor measured next to it, and the paired ratio must
+    # say so whatever ran before or after the slowdown.
+    clock = iter(range(10_000))
+    cost = {"jax": 1.0, "b": 2.0, "c": 0.5}
+
+    partners = []
+
+    def measure(key, partner):
+        partners.append((key, partner))
+        slowdown = 3.0 if next(clock) >= 26 else 1.0
+        return cost[key] * slowdown
+
+    samples, ratios = bench.paired_rounds(measure, ["jax", "b", "c"], 12, np.random.default_rng(0))
+    assert ratios == {"b": [2.0] * 12, "c": [0.5] * 12}
+    assert len(samples["jax"]) == 24 and len(samples["b"]) == len(samples["c"]) == 12
+    assert set(samples["b"]) == {2.0, 6.0} and set(samples["jax"]) == {1.0, 3.0}
+    # each pair is two measures back to back, and each is told the other's key
+    for (k1, p1), (k2, p2) in zip(partners[::2], partners[1::2]):
+        assert "jax" in (k1, k2) and k1 != k2 and (p1, p2) == (k2, k1)
+    # a coin decides which of the pair goes first
+    firsts = [k for k, _ in partners[::2]]
+    assert 0 < firsts.count("jax") < len(firsts)
 
 
 @pytest.mark.parametrize("key", [k for k in impls.available()])
