@@ -17,7 +17,7 @@ implementation's median time [min-max] over its blocks, and that paired
 ratio; the JSON also keeps the ratio's quartiles and range, and the plain
 ratio of the two medians.
 
-    python benchmarks/bench.py                 # full run, about 15 minutes
+    python benchmarks/bench.py                 # full run, about 16 minutes
     python benchmarks/bench.py --quick         # under a minute
     python benchmarks/bench.py --json out.json --impls jax,lamina,torch
     python benchmarks/bench.py --show benchmarks/results-2026-11-26.json
