@@ -24,17 +24,21 @@ def allow_rank_promotion():
 
 def test_quick_run_writes_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rows = bench.main(["--quick", "--impls", "jax,lamina", "--rounds", "1", "--compile-rounds", "1", "--json", str(out)])
+    rows = bench.main(["--quick", "--impls", "jax,lamina", "--rounds", "1", "--compile-rounds", "1",
+                       "--precision", "0.5", "--max-factor", "3", "--json", str(out)])
     data = json.loads(out.read_text())
     assert data["rows"] == rows
     workloads = {r["metric"] for r in rows}
     assert workloads == {"forward b=1", "forward b=512", "adam step b=256", "per-example grads b=256", "cold compile b=1"}
     for r in rows:
         assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        # one round, then lamina's extra pairs: a CI needs two, the cap is three
+        assert 2 <= r["blocks"] <= 3
         if r["impl"].startswith("jax"):
             assert r["ratio_to_jax"] == 1.0
         else:
             assert r["ratio_min"] <= r["ratio_q1"] <= r["ratio_to_jax"] <= r["ratio_q3"] <= r["ratio_max"]
+            assert r["ratio_min"] <= r["ratio_ci_low"] <= r["ratio_to_jax"] <= r["ratio_ci_high"] <= r["ratio_max"]
     table = capsys.readouterr().out
     assert "| 784-256-256-10 | forward b=1 | lamina |" in table
     assert bench.main(["--show", str(out)]) == rows
@@ -65,6 +69,37 @@ def test_paired_ratio_cancels_drift_between_pairs():
     # a coin decides which of the pair goes first
     firsts = [k for k, _ in partners[::2]]
     assert 0 < firsts.count("jax") < len(firsts)
+
+
+@pytest.mark.parametrize("n, ranks", [(5, (1, 5)), (6, (1, 6)), (15, (4, 12)), (25, (8, 18)), (100, (40, 61))])
+def test_median_ci_takes_the_order_statistics_of_the_binomial_table(n, ranks):
+    # Ranks from the published table of distribution-free 95% intervals for
+    # a median (under six values no interval reaches 95%: the range).
+    values = np.random.default_rng(n).permutation(np.arange(1.0, n + 1))
+    assert bench.median_ci(values) == ranks
+
+
+def test_lamina_gets_pairs_until_its_median_is_precise():
+    noise = np.random.default_rng(1)
+
+    def measure(key, partner):
+        # "lamina" costs 1.0 +- 10%, "c" exactly 2.0, against a steady floor
+        return {"jax": 1.0, "c": 2.0, "lamina": 1.0 + noise.uniform(-0.1, 0.1)}[key]
+
+    rng = np.random.default_rng(0)
+    _, ratios = bench.paired_rounds(measure, ["jax", "lamina", "c"], 10, rng,
+                                    refine=["lamina"], precision=0.03, max_rounds=400)
+    assert len(ratios["c"]) == 10
+    n = len(ratios["lamina"])
+    assert 10 < n < 400
+    low, high = bench.median_ci(ratios["lamina"])
+    assert (high - low) / 2 <= 0.03
+    low, high = bench.median_ci(ratios["lamina"][:-1])
+    assert (high - low) / 2 > 0.03  # it stopped at the first precise count
+    # and the cap holds when precision cannot be reached
+    _, ratios = bench.paired_rounds(measure, ["jax", "lamina"], 10, rng,
+                                    refine=["lamina"], precision=1e-6, max_rounds=25)
+    assert len(ratios["lamina"]) == 25
 
 
 @pytest.mark.parametrize("key", [k for k in impls.available()])
