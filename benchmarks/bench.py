@@ -16,14 +16,14 @@ the two ran back to back, so drift cancels.
 
 One pair's ratio still scatters by +-5% here (a wide per-example gradient
 maps 537 MB of fresh pages per call), so 15 rounds pin the median down only
-to about +-2%: too loose for a promise of 1.03. lamina, whose ratio is that
+to about +-4% (95% confidence): too loose for a promise of 1.03. lamina, whose ratio is that
 promise, therefore gets more pairs after the rounds, until the 95%
 confidence interval of its median ratio is within `--precision` either side
 or it has `--max-factor` times the rounds. The other libraries stay at the
 rounds: their ratios are far from 1.
 
 The table shows each implementation's median time [min-max] over its
-blocks, its paired ratio with that interval, and its number of pairs; the
+blocks, its paired ratio with that interval, and its number of blocks; the
 JSON also keeps the ratio's quartiles and range, and the plain ratio of the
 two medians.
 
@@ -253,7 +253,7 @@ def summarize(results):
 
 def format_table(rows):
     lines = [
-        "| shape | workload | implementation | median ms [min-max] | / jax, paired median [95% CI] | rounds | notes |",
+        "| shape | workload | implementation | median ms [min-max] | / jax, paired median [95% CI] | blocks | notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
