@@ -27,7 +27,7 @@ blocks, its paired ratio with that interval, and its number of blocks; the
 JSON also keeps the ratio's quartiles and range, and the plain ratio of the
 two medians.
 
-    python benchmarks/bench.py                 # full run, about 20 minutes
+    python benchmarks/bench.py                 # full run, about 22 minutes
     python benchmarks/bench.py --quick         # under a minute
     python benchmarks/bench.py --json out.json --impls jax,lamina,torch
     python benchmarks/bench.py --show benchmarks/results-2026-11-26.json
