@@ -14,9 +14,10 @@ one to last about `--block-seconds`. An implementation's ratio to the floor
 is the median, over rounds, of its block divided by its pair's floor block:
 the two ran back to back, so drift cancels.
 
-One pair's ratio still scatters by +-5% here (a wide per-example gradient
-maps 537 MB of fresh pages per call), so 15 rounds pin the median down only
-to about +-4% (95% confidence): too loose for a promise of 1.03. lamina, whose ratio is that
+One pair's ratio still scatters by up to +-7% here (one standard
+deviation; a wide per-example gradient maps 537 MB of fresh pages per
+call), so 15 rounds pin the median down only to about +-4% (95%
+confidence): too loose for a promise of 1.03. lamina, whose ratio is that
 promise, therefore gets more pairs after the rounds, until the 95%
 confidence interval of its median ratio is within `--precision` either side
 or it has `--max-factor` times the rounds. The other libraries stay at the
