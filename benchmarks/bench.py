@@ -180,7 +180,7 @@ def run(keys, shapes, rounds, block_seconds, quick, compile_rounds, precision=0.
     rng = np.random.default_rng(0)
     # lamina's ratio to the floor is the figure this library promises, so
     # it alone gets the extra pairs that pin its median down.
-    refine = {"refine": [k for k in keys if k == "lamina"], "precision": precision}
+    lamina_only = [k for k in keys if k == "lamina"]
     for shape in shapes:
         sizes = SHAPES[shape]
         weights = impls.make_weights(sizes)
@@ -202,7 +202,7 @@ def run(keys, shapes, rounds, block_seconds, quick, compile_rounds, precision=0.
             # the allocator has to map, which would bias the ratio.
             samples, ratios = paired_rounds(
                 lambda k, partner: time_call(calls[k], max(numbers[k], numbers[partner])),
-                keys, rounds, rng, max_rounds=rounds * max_factor, **refine)
+                keys, rounds, rng, lamina_only, precision, rounds * max_factor)
             extra = {"ratios": ratios, "calls_per_block": numbers}
             if metric.startswith("forward") and batch > 1:
                 extra["bare_matmul_s"] = bare_matmul_seconds(sizes, batch, block_seconds)
@@ -213,7 +213,7 @@ def run(keys, shapes, rounds, block_seconds, quick, compile_rounds, precision=0.
             jax_keys = [k for k in keys if impls.ALL[k][1] != "torch"]
             samples, ratios = paired_rounds(
                 lambda k, partner: cold_compile(k, shape), jax_keys, compile_rounds, rng,
-                max_rounds=compile_rounds * max_factor, **refine)
+                lamina_only, precision, compile_rounds * max_factor)
             results[(shape, "cold compile b=1")] = (samples, {"ratios": ratios})
     return results
 

@@ -102,7 +102,7 @@ def test_trace_works_under_jit(key):
     chex.assert_trees_all_close(zs, eager, rtol=1e-6)
 
 
-def test_forward_is_reused_for_the_same_model(key):
+def test_forward_is_reused_for_the_same_model():
     model = lm.mlp([4, 2])
     assert lm.forward(model) is lm.forward(model)
     assert lm.forward(model) is not lm.forward(lm.mlp([4, 2]))
