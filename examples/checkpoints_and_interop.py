@@ -20,10 +20,6 @@ import optax
 import safetensors.numpy
 
 import lamina as lm
-from lamina.checkpoint import load, load_metadata, save
-from lamina.export import export, load_exported
-from lamina.summary import summary
-from lamina.torch_interop import from_torch, to_torch
 
 
 def make_data(n=512, seed=0):
@@ -43,13 +39,13 @@ def exchange_with_torch(model, params, xs):
         return None
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-    state = to_torch(params, like=module.state_dict())  # lamina 0.W -> torch 0.weight, 1.W -> 2.weight
+    state = lm.to_torch(params, like=module.state_dict())  # lamina 0.W -> torch 0.weight, 1.W -> 2.weight
     module.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     with torch.no_grad():
         torch_out = module(torch.as_tensor(xs)).numpy()
     lamina_out = np.asarray(lm.forward(model)(params, xs))
     diff = float(np.abs(torch_out - lamina_out).max())
-    back = from_torch(module.state_dict(), like=(model, (4,)))
+    back = lm.from_torch(module.state_dict(), like=(model, (4,)))
     same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)))
     print(f"PyTorch: keys {list(state)}")
     print(f"PyTorch: nn.Sequential outputs differ from lamina's by at most {diff:.2e}")
@@ -75,14 +71,14 @@ def main(argv=None):
     accuracy = history["eval_accuracy"][-1]
     print(f"trained {model.name} for {args.epochs} epochs: accuracy {accuracy:.3f}\n")
 
-    info = summary(model, (4,))
+    info = lm.summary(model, (4,))
     print()
 
     path = os.path.join(args.out, "mlp.safetensors")
-    save(path, params, metadata={"epochs": str(args.epochs), "accuracy": f"{accuracy:.4f}"})
-    restored = load(path, like=(model, (4,)))
+    lm.save(path, params, metadata={"epochs": str(args.epochs), "accuracy": f"{accuracy:.4f}"})
+    restored = lm.load(path, like=(model, (4,)))
     exact = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)))
-    meta = load_metadata(path)
+    meta = lm.load_metadata(path)
     names = sorted(safetensors.numpy.load_file(path))  # a plain safetensors file to any reader
     print(f"saved {path} ({os.path.getsize(path):,} bytes), tensors {names}")
     print(f"metadata: lamina {meta['lamina.version']}, epochs {meta['epochs']}, accuracy {meta['accuracy']}")
@@ -92,9 +88,9 @@ def main(argv=None):
 
     exported_path = os.path.join(args.out, "mlp.jax")
     with open(exported_path, "wb") as f:
-        f.write(export(model, restored, (4,)))
+        f.write(lm.export(model, restored, (4,)))
     with open(exported_path, "rb") as f:
-        serve = load_exported(f.read())  # from here on only jax is needed
+        serve = lm.load_exported(f.read())  # from here on only jax is needed
     print(f"exported the forward with its weights: {exported_path} "
           f"({os.path.getsize(exported_path):,} bytes; the weights are {info.param_bytes:,})")
     predictions = np.asarray(serve(xs[:5]))

@@ -28,7 +28,6 @@ import optax  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
 import lamina as lm  # noqa: E402
-from lamina.sharding import shard_batch, shard_params  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_digits import load_data  # noqa: E402
@@ -39,9 +38,9 @@ def train(model, params, train_data, epochs, batch_size, key, mesh=None):
     opt = optax.adam(1e-3)
     xent = optax.softmax_cross_entropy_with_integer_labels
     step = lm.train_step(model, xent, opt)
-    place = (lambda b: shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
+    place = (lambda b: lm.shard_batch(b, mesh)) if mesh is not None else (lambda b: b)
     if mesh is not None:
-        params = shard_params(params, mesh)
+        params = lm.shard_params(params, mesh)
     opt_state = opt.init(params)
     xs, ys = train_data
     steps = len(xs) // batch_size  # full batches only: each splits evenly over "data"
@@ -78,7 +77,7 @@ def main(argv=None):
     for label, where in (("single", None), ("mesh", mesh)):
         trained, loss = train(model, jax.tree.map(jnp.copy, params), (x_train, y_train),
                               args.epochs, args.batch_size, jax.random.key(1), where)
-        test_x = jnp.asarray(x_test) if where is None else shard_batch(jnp.asarray(x_test), mesh)
+        test_x = jnp.asarray(x_test) if where is None else lm.shard_batch(jnp.asarray(x_test), mesh)
         accuracy = float(lm.accuracy(fwd(trained, test_x), y_test))
         results[f"{label}_accuracy"], results[f"{label}_loss"] = accuracy, loss
         placement = "one device" if where is None else f"{args.mesh} mesh ({dict(mesh.shape)})"

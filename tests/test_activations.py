@@ -8,6 +8,7 @@ import pytest
 from math import erf
 
 import lamina as lm
+from lamina._src.activations import resolve_activation
 
 x = np.linspace(-3, 3, 13).astype(np.float32)
 
@@ -43,7 +44,7 @@ def test_named_activation_layer_matches_numpy(name, wrap):
 
 
 def test_exact_gelu_via_callable():
-    fn, name = lm.activations.resolve_activation(lambda v: jax.nn.gelu(v, approximate=False))
+    fn, name = resolve_activation(lambda v: jax.nn.gelu(v, approximate=False))
     ref = np.array([0.5 * v * (1 + erf(v / np.sqrt(2))) for v in x.astype(np.float64)])
     np.testing.assert_allclose(fn(jnp.asarray(x)), ref, rtol=1e-5, atol=1e-6)
     assert name == "<lambda>"
@@ -73,4 +74,4 @@ def test_unknown_name_lists_choices():
 
 def test_every_listed_name_resolves_to_jax_function():
     for name, fn in lm.ACTIVATIONS.items():
-        assert lm.activations.resolve_activation(name) == (fn, name)
+        assert resolve_activation(name) == (fn, name)

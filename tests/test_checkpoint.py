@@ -16,7 +16,7 @@ import safetensors
 import safetensors.numpy
 
 import lamina as lm
-from lamina.checkpoint import load, load_metadata, save
+from lamina import load, load_metadata, save
 
 # Values whose bits a careless conversion would change: signed zero, a NaN
 # with a payload, infinities and the smallest subnormal.

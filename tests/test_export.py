@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lamina as lm
-from lamina.export import export, load_exported
+from lamina import export, load_exported
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 import lamina as lm
 from example_runner import load
-from lamina.precision import with_dtype
+from lamina import with_dtype
 
 xent = optax.softmax_cross_entropy_with_integer_labels
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from lamina.sharding import megatron_rules, shard_batch, shard_params
+from lamina import shard_batch, shard_params
+from lamina._src.sharding import megatron_rules
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 import lamina as lm
-from lamina.summary import Summary, SummaryRow, summary
+from lamina import Summary, SummaryRow, summary
 
 
 def test_mlp_784_256_10_by_hand(capsys):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import lamina as lm
-from lamina.torch_interop import from_torch, to_torch
+from lamina import from_torch, to_torch
 
 torch = pytest.importorskip("torch")  # a guard only: torch is in the test extra
 import safetensors.torch  # noqa: E402  (needs torch)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import lamina as lm
-from lamina.visualize import visualize
+from lamina import visualize
 
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _BLUE, _ORANGE = "#2166ac", "#d6604d"

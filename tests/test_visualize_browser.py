@@ -17,7 +17,7 @@ import pytest
 
 import lamina as lm
 from example_runner import load
-from lamina.visualize import visualize
+from lamina import visualize
 
 try:
     from selenium import webdriver

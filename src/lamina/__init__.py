@@ -1,7 +1,7 @@
 """lamina: neural-network layers as pure JAX functions."""
 
-from lamina import initializers, testing
-from lamina.activations import (
+from lamina import initializers
+from lamina._src.activations import (
     ACTIVATIONS,
     Activation,
     LogSoftmax,
@@ -10,24 +10,34 @@ from lamina.activations import (
     Softmax,
     Tanh,
 )
-from lamina.checkpoint import load, load_metadata, save
-from lamina.combinators import Concat, mlp, parallel, residual, serial
-from lamina.dense import Dense, dense
-from lamina.dropout import Dropout
-from lamina.export import export, load_exported
-from lamina.forward import forward, trace
-from lamina.layer import Layer, Params, Shape, TraceStep
-from lamina.normalization import LayerNorm
-from lamina.params import check_params, param_shapes
-from lamina.precision import with_dtype
-from lamina.reshape import Flatten, Identity
-from lamina.sharding import shard_batch, shard_params
-from lamina.summary import Summary, SummaryRow, summary
-from lamina.torch_interop import from_torch, to_torch
-from lamina.train import accuracy, evaluate, fit, per_example_grads, train_step
-from lamina.visualize import visualize
+from lamina._src.checkpoint import load, load_metadata, save
+from lamina._src.combinators import Concat, mlp, parallel, residual, serial
+from lamina._src.dense import Dense, dense
+from lamina._src.dropout import Dropout
+from lamina._src.export import export, load_exported
+from lamina._src.forward import forward, trace
+from lamina._src.layer import Layer, Params, Shape, TraceStep
+from lamina._src.normalization import LayerNorm
+from lamina._src.params import check_params, param_shapes
+from lamina._src.precision import with_dtype
+from lamina._src.reshape import Flatten, Identity
+from lamina._src.sharding import shard_batch, shard_params
+from lamina._src.summary import Summary, SummaryRow, summary
+from lamina._src.torch_interop import from_torch, to_torch
+from lamina._src.train import accuracy, evaluate, fit, per_example_grads, train_step
+from lamina._src.visualize import visualize
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # lamina.testing imports chex and jax.test_util, which a user who only
+    # builds and trains models should not pay for: load it on first use.
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("lamina.testing")
+    raise AttributeError(f"module 'lamina' has no attribute {name!r}")
 
 __all__ = [
     "accuracy",

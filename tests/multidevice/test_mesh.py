@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 import lamina as lm
-from lamina.sharding import shard_batch, shard_params
+from lamina import shard_batch, shard_params
 
 MESHES = [(1, 8), (8, 1), (2, 4)]
 xent = optax.softmax_cross_entropy_with_integer_labels

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from lamina.activations import ActivationLike
-from lamina.dense import Dense
-from lamina.layer import (
+from lamina._src.activations import ActivationLike
+from lamina._src.dense import Dense
+from lamina._src.layer import (
     Layer,
     TraceStep,
     check_input_shape,

@@ -23,8 +23,8 @@ from typing import Any, Mapping, NamedTuple
 import jax
 import numpy as np
 
-from lamina.layer import Layer, Shape, size
-from lamina.params import abstract_trace, check_layer_type, param_shapes
+from lamina._src.layer import Layer, Shape, size
+from lamina._src.params import abstract_trace, check_layer_type, param_shapes
 
 
 class SummaryRow(NamedTuple):
@@ -104,8 +104,7 @@ def summary(model: Layer, input_shape: Shape, *, show: bool = True) -> Summary:
 
     Example:
       >>> import lamina as lm
-      >>> from lamina.summary import summary
-      >>> s = summary(lm.mlp([256, 10]), (784,), show=False)
+      >>> s = lm.summary(lm.mlp([256, 10]), (784,), show=False)
       >>> s.params, s.flops, s.param_bytes
       (203530, 406794, 814120)
       >>> print(s)

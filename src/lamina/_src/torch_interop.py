@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from lamina.checkpoint import read_safetensors
-from lamina.layer import Layer, Params, layer_error
-from lamina.params import param_shapes, path_str
+from lamina._src.checkpoint import read_safetensors
+from lamina._src.layer import Layer, Params, layer_error
+from lamina._src.params import param_shapes, path_str
 
 # lamina kind -> (its params key -> torch's name)
 _TORCH_NAMES = {
@@ -59,10 +59,9 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
 
     Example:
       >>> import numpy as np, lamina as lm
-      >>> from lamina.torch_interop import from_torch
       >>> state = {"0.weight": np.ones((4, 3), np.float32), "0.bias": np.zeros(4, np.float32),
       ...          "2.weight": np.ones((2, 4), np.float32), "2.bias": np.zeros(2, np.float32)}
-      >>> params = from_torch(state, like=(lm.mlp([4, 2]), (3,)))
+      >>> params = lm.from_torch(state, like=(lm.mlp([4, 2]), (3,)))
       >>> params[1]["W"].shape
       (2, 4)
     """
@@ -124,9 +123,8 @@ def to_torch(
 
     Example:
       >>> import jax, lamina as lm
-      >>> from lamina.torch_interop import to_torch
       >>> _, params = lm.mlp([4, 2]).init(jax.random.key(0), (3,))
-      >>> state = to_torch(params, like=["0.weight", "0.bias", "2.weight", "2.bias"])
+      >>> state = lm.to_torch(params, like=["0.weight", "0.bias", "2.weight", "2.bias"])
       >>> {k: v.shape for k, v in state.items()}
       {'0.weight': (4, 3), '0.bias': (4,), '2.weight': (2, 4), '2.bias': (2,)}
     """

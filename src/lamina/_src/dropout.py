@@ -7,7 +7,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from lamina.layer import Layer, check_input_shape, check_key, layer_error
+from lamina._src.layer import Layer, check_input_shape, check_key, layer_error
 
 
 def Dropout(rate: float) -> Layer:

@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lamina.layer import Layer, layer_error, trace_of
-from lamina.params import check_layer_type
+from lamina._src.layer import Layer, layer_error, trace_of
+from lamina._src.params import check_layer_type
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from lamina.layer import Layer, check_input_shape, layer_error
+from lamina._src.layer import Layer, check_input_shape, layer_error
 
 ActivationLike = Union[str, Callable[[jax.Array], jax.Array], None]
 

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina.layer import Layer, Params, Shape, layer_error, trace_of
+from lamina._src.layer import Layer, Params, Shape, layer_error, trace_of
 
 
 def check_layer_type(where: str, model: Any) -> Layer:

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lamina import initializers
-from lamina.activations import ActivationLike, resolve_activation
-from lamina.layer import (
+from lamina._src import initializers
+from lamina._src.activations import ActivationLike, resolve_activation
+from lamina._src.layer import (
     Layer,
     TraceStep,
     check_float_input,

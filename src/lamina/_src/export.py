@@ -27,9 +27,9 @@ import jax.export  # noqa: F401 - jax < 0.7 does not load it with `import jax`
 import jax.numpy as jnp
 import numpy as np
 
-from lamina.forward import apply_batch
-from lamina.layer import Layer, Params, Shape, check_input_shape, layer_error
-from lamina.params import check_layer_type, check_params
+from lamina._src.forward import apply_batch
+from lamina._src.layer import Layer, Params, Shape, check_input_shape, layer_error
+from lamina._src.params import check_layer_type, check_params
 
 
 def export(
@@ -62,10 +62,9 @@ def export(
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
-      >>> from lamina.export import export, load_exported
       >>> model = lm.mlp([8, 2])
       >>> _, params = model.init(jax.random.key(0), (4,))
-      >>> fn = load_exported(export(model, params, (4,)))
+      >>> fn = lm.load_exported(lm.export(model, params, (4,)))
       >>> fn(jnp.ones((3, 4))).shape, fn(jnp.ones((5, 4))).shape
       ((3, 2), (5, 2))
     """
@@ -106,10 +105,9 @@ def load_exported(data: Union[bytes, bytearray]) -> Callable[[jax.typing.ArrayLi
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
-      >>> from lamina.export import export, load_exported
       >>> model = lm.Dense(2)
       >>> params = {"W": jnp.eye(2), "b": jnp.ones(2)}
-      >>> load_exported(export(model, params, (2,)))(jnp.array([[1.0, 2.0]]))
+      >>> lm.load_exported(lm.export(model, params, (2,)))(jnp.array([[1.0, 2.0]]))
       Array([[2., 3.]], dtype=float32)
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):

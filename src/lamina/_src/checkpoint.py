@@ -20,9 +20,9 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from lamina._files import write_atomically
-from lamina.layer import Layer, Params, layer_error
-from lamina.params import param_shapes, path_str
+from lamina._src.files import write_atomically
+from lamina._src.layer import Layer, Params, layer_error
+from lamina._src.params import param_shapes, path_str
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -73,11 +73,10 @@ def save(
 
     Example:
       >>> import os, tempfile, jax, lamina as lm
-      >>> from lamina.checkpoint import save, load
       >>> _, params = lm.mlp([4, 2]).init(jax.random.key(0), (3,))
       >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
-      >>> save(path, params, metadata={"note": "demo"})
-      >>> load(path)[1]["W"].shape
+      >>> lm.save(path, params, metadata={"note": "demo"})
+      >>> lm.load(path)[1]["W"].shape
       (2, 4)
     """
     where = f"save({os.fspath(path)!r})"
@@ -114,12 +113,11 @@ def load(path: PathLike, like: Any = None) -> Params:
 
     Example:
       >>> import os, tempfile, jax, lamina as lm
-      >>> from lamina.checkpoint import save, load
       >>> model = lm.mlp([4, 2])
       >>> _, params = model.init(jax.random.key(0), (3,))
       >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
-      >>> save(path, params)
-      >>> restored = load(path, like=(model, (3,)))
+      >>> lm.save(path, params)
+      >>> restored = lm.load(path, like=(model, (3,)))
       >>> bool((restored[0]["W"] == params[0]["W"]).all())
       True
     """
@@ -177,10 +175,10 @@ def load_metadata(path: PathLike) -> dict[str, str]:
 
     Example:
       >>> import os, tempfile, jax.numpy as jnp
-      >>> from lamina.checkpoint import save, load_metadata
+      >>> import lamina as lm
       >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
-      >>> save(path, {"W": jnp.ones((2, 2))}, metadata={"epoch": "3"})
-      >>> load_metadata(path)["epoch"]
+      >>> lm.save(path, {"W": jnp.ones((2, 2))}, metadata={"epoch": "3"})
+      >>> lm.load_metadata(path)["epoch"]
       '3'
     """
     where = f"load_metadata({os.fspath(path)!r})"

@@ -20,8 +20,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lamina.layer import Params, layer_error
-from lamina.params import path_str
+from lamina._src.layer import Params, layer_error
+from lamina._src.params import path_str
 
 DATA = "data"
 MODEL = "model"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from lamina.layer import Layer, check_input_shape, layer_error, size
+from lamina._src.layer import Layer, check_input_shape, layer_error, size
 
 
 def Identity() -> Layer:

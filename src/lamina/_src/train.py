@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lamina.data import as_dataset, check_targets
-from lamina.forward import apply_batch, forward
-from lamina.layer import Layer, Params, check_key, layer_error
-from lamina.params import check_layer_type, check_params
+from lamina._src.data import as_dataset, check_targets
+from lamina._src.forward import apply_batch, forward
+from lamina._src.layer import Layer, Params, check_key, layer_error
+from lamina._src.params import check_layer_type, check_params
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Metric = Callable[[jax.Array, jax.Array], jax.Array]

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import jax.numpy as jnp
 
-from lamina.layer import Layer, check_float_input, check_input_shape, layer_error
+from lamina._src.layer import Layer, check_float_input, check_input_shape, layer_error
 
 
 def LayerNorm(eps: float = 1e-5) -> Layer:

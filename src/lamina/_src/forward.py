@@ -8,8 +8,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina.layer import Layer, Params, TraceStep, check_key, layer_error, trace_of
-from lamina.params import check_layer_type
+from lamina._src.layer import Layer, Params, TraceStep, check_key, layer_error, trace_of
+from lamina._src.params import check_layer_type
 
 
 def forward(model: Layer) -> Callable[..., jax.Array]:

@@ -21,10 +21,10 @@ from typing import Any, Mapping, Optional, Union
 import jax
 import numpy as np
 
-from lamina._files import write_atomically
-from lamina.forward import trace
-from lamina.layer import Layer, Params, TraceStep, layer_error
-from lamina.params import check_layer_type
+from lamina._src.files import write_atomically
+from lamina._src.forward import trace
+from lamina._src.layer import Layer, Params, TraceStep, layer_error
+from lamina._src.params import check_layer_type
 
 _DECIMALS = 4
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
@@ -75,10 +75,9 @@ def visualize(
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
-      >>> from lamina.visualize import visualize
       >>> model = lm.mlp([4, 1], final_act="sigmoid")
       >>> _, params = model.init(jax.random.key(0), (3,))
-      >>> page = visualize(model, params, jnp.array([0.8, 0.3, 0.9]))
+      >>> page = lm.visualize(model, params, jnp.array([0.8, 0.3, 0.9]))
       >>> page.startswith("<!DOCTYPE html>"), "http" in page
       (True, False)
     """
@@ -250,7 +249,7 @@ def _branch_columns(paths: list[str], node: str, k: int) -> list[int]:
 
 
 def _page(data: dict) -> str:
-    template = resources.files("lamina").joinpath("_visualize_template.html").read_text("utf-8")
+    template = resources.files("lamina._src").joinpath("visualize_template.html").read_text("utf-8")
     steps = data["steps"]
     first, last = data["input"], (steps[-1]["output"] if steps else data["input"])
     parts = {

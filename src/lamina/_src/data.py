@@ -7,8 +7,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from lamina.layer import Layer, layer_error
-from lamina.params import param_shapes
+from lamina._src.layer import Layer, layer_error
+from lamina._src.params import param_shapes
 
 
 def as_dataset(where: str, data: Any) -> tuple[Any, Any]:

@@ -1,0 +1,529 @@
+"""Conformance checks: does a layer keep the contract every lamina layer keeps?
+
+`check_layer(layer, input_shape)` runs a layer through what lamina promises
+of any layer: `init` tells the truth about shapes, params are finite, `apply`
+is a pure function that `jax.jit`, `jax.vmap` and `jax.grad` transform
+correctly, and the output has the expected dtype. It stops at the first broken
+property and raises a `LayerCheckError` (an `AssertionError`) naming the
+property, the layer and the numbers. `parametrize(cases)` makes one pytest
+test per layer of a list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jax.test_util import check_grads
+
+from lamina._src.layer import Layer, Params, check_key, layer_error
+from lamina._src.params import check_layer_type, path_str
+
+PROPERTIES = ("shape", "finite", "deterministic", "jit", "retrace", "vmap", "gradient", "dtype")
+"""The properties `check_layer` checks, in the order it checks them."""
+
+# jax >= 0.7 has jax.enable_x64; older releases keep it under jax.experimental.
+# (hasattr, not truthiness: bool(jax.enable_x64) raises.)
+_enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
+
+
+class LayerCheckError(AssertionError):
+    """A layer broke one of the properties `check_layer` checks.
+
+    Attributes:
+      property: the broken property, one of `PROPERTIES` (e.g. `"vmap"`).
+      layer_name: the layer's name.
+    """
+
+    __module__ = "lamina.testing"  # where users import it from
+
+    def __init__(self, prop: str, layer_name: str, message: str):
+        super().__init__(f"{layer_name} fails check_layer's {prop!r} check: {message}")
+        self.property = prop
+        self.layer_name = layer_name
+
+
+class _Case(NamedTuple):
+    layer: Layer
+    params: Params
+    x: Any  # one example
+    xs: Any  # `batch` examples
+    y: Any  # apply(params, x)
+    key: jax.Array  # for stochastic apply
+    rtol: float
+    atol: float
+
+
+def check_layer(
+    layer: Layer,
+    input_shape: Any,
+    *,
+    key: Optional[jax.Array] = None,
+    batch: int = 3,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    dtype: Optional[Any] = None,
+    grad_eps: float = 1e-6,
+) -> None:
+    """Checks that `layer` keeps the layer contract, property by property.
+
+    In order, stopping at the first failure:
+
+    - `shape`: the output shape `init` declares is the shape `apply` returns,
+      and `jax.eval_shape(init)` agrees with `init` (tree, shapes, dtypes).
+    - `finite`: params and the output hold no NaN or infinity.
+    - `deterministic`: two `apply` calls with `key=None` give bit-identical
+      outputs, and so do two calls with the same key.
+    - `jit`: `jax.jit(apply)` equals `apply`, with and without a key.
+    - `retrace`: the jitted apply traces once over calls with same-shaped
+      inputs, including params as an optimizer step returns them (a Python
+      float param, weakly typed, would make every train step compile twice).
+    - `vmap`: `jax.vmap(apply)` over `batch` examples (each with its own key
+      too) equals a loop over the examples, so no example sees another.
+    - `gradient`: gradients with respect to params and input exist, are
+      finite, and match central finite differences in a random direction
+      (`jax.test_util.check_grads`, reverse mode). This runs in float64 (x64
+      is on during the check only) with step `grad_eps`; a step that small
+      rarely straddles a kink such as relu's at 0, and a mismatch must repeat
+      at a second random input to count. Layers that compute in float32
+      whatever their input use a step of 1e-3 and tolerance 1e-2; in 16-bit
+      only existence and finiteness are checked. Inference mode (`key=None`).
+    - `dtype`: for float32 input the output (every leaf) has dtype `dtype`.
+
+    Inputs are standard normal, float32, drawn from `key`. Any exception
+    raised inside a check fails that check, chained with `from`. Calls
+    `chex.clear_trace_counter()`.
+
+    Args:
+      layer: the `Layer` to check.
+      input_shape: the shape of one example, e.g. `(4,)`; for a layer taking
+        a tuple of arrays (e.g. `lm.Concat()`), a tuple of shapes.
+      key: PRNG key for params, inputs and stochastic apply; default
+        `jax.random.key(0)`. Use the default (threefry) implementation:
+        "rbg" keys draw differently under vmap, which the vmap check reports.
+      batch: number of examples for the `vmap` check, >= 1.
+      rtol: relative tolerance when comparing outputs (jit, vmap); for
+        16-bit outputs at least 1e-2 is used.
+      atol: absolute tolerance, likewise.
+      dtype: the expected output dtype; `None` means float32, the input's.
+        Pass e.g. `jnp.bfloat16` for `lm.Dense(4, dtype=jnp.bfloat16)`.
+      grad_eps: finite-difference step for the float64 gradient check.
+
+    Raises:
+      LayerCheckError: an `AssertionError` whose message names the property
+        (one of `PROPERTIES`), the layer, and what differed by how much.
+      TypeError: `layer`, `input_shape`, `key` or `batch` is malformed.
+
+    Example:
+      >>> import jax.numpy as jnp, lamina as lm
+      >>> lm.testing.check_layer(lm.serial(lm.Dense(3, act="tanh"), lm.LayerNorm()), (4,))
+      >>> double = lm.Layer(lambda k, s: (s, ()), lambda p, x, *, key=None: 2 * x, "Double")
+      >>> lm.testing.check_layer(double, (2, 3))
+      >>> half = lm.Layer(lambda k, s: (s, ()),
+      ...                 lambda p, x, *, key=None: (x / 2).astype(jnp.float16), "Half")
+      >>> lm.testing.check_layer(half, (3,))  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      lamina.testing.LayerCheckError: Half fails check_layer's 'dtype' check: ...
+    """
+    check_layer_type("check_layer", layer)
+    input_shape = _as_input_shape(input_shape)
+    key = jax.random.key(0) if key is None else key
+    check_key("check_layer", key)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise layer_error("check_layer", f"batch must be an int >= 1, got {batch!r}", TypeError)
+    # Inputs come from NumPy, seeded by the key: a jax.random draw would
+    # compile once per input shape, and a property test draws many shapes.
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    init_key, apply_key = jax.random.split(key)
+    x = _random_input(rng, input_shape)
+    params, y = _check_shape(layer, init_key, input_shape, x)
+    case = _Case(layer, params, x, _random_input(rng, input_shape, batch), y, apply_key, rtol, atol)
+    _check_finite(case)
+    y_key = _check_deterministic(case)
+    jitted = _check_jit(case, y_key)
+    _check_retrace(case, jitted, _random_input(rng, input_shape))
+    _check_vmap(case, jitted)
+    _check_gradient(case, rng, grad_eps, _random_input(rng, input_shape))
+    _check_dtype(case, jnp.float32 if dtype is None else dtype)
+
+
+def parametrize(cases: Sequence[tuple[Layer, Any]]) -> Any:
+    """One pytest test per `(layer, input_shape)` case, with readable ids.
+
+    Args:
+      cases: `(layer, input_shape)` pairs.
+
+    Returns:
+      `pytest.mark.parametrize("layer, input_shape", cases, ids=...)`, with
+      ids such as `"Dense(3, relu)-4"` or `"Concat(axis=-1)-3|5"`.
+
+    Raises:
+      TypeError: a case is not a `(Layer, input_shape)` pair.
+
+    Example:
+      >>> import lamina as lm
+      >>> @lm.testing.parametrize([(lm.Dense(3), (4,)), (lm.Flatten(), (2, 2))])
+      ... def test_my_layers(layer, input_shape):
+      ...     lm.testing.check_layer(layer, input_shape)
+      >>> [m.kwargs["ids"] for m in test_my_layers.pytestmark]
+      [['Dense(3)-4', 'Flatten()-2x2']]
+    """
+    import pytest  # here, so that lamina.testing imports without pytest
+
+    cases = list(cases)
+    for i, case in enumerate(cases):
+        if not isinstance(case, (tuple, list)) or len(case) != 2:
+            raise layer_error(
+                "parametrize",
+                f"case {i} must be a (layer, input_shape) pair, got {case!r}",
+                TypeError,
+            )
+        check_layer_type(f"parametrize: case {i}", case[0])
+    ids = [f"{layer.name}-{_shape_id(shape)}" for layer, shape in cases]
+    return pytest.mark.parametrize("layer, input_shape", [tuple(c) for c in cases], ids=ids)
+
+
+@contextlib.contextmanager
+def _checking(prop: str, name: str, doing: str, differs: str = "") -> Iterator[None]:
+    """Reports a failure inside the block as `prop` failing.
+
+    An `AssertionError` (chex's and NumPy's comparisons, with their numbers)
+    is reported after `differs`; any other exception as raised while `doing`.
+    """
+    try:
+        yield
+    except LayerCheckError:
+        raise
+    except AssertionError as error:
+        raise LayerCheckError(prop, name, f"{differs or doing}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - a crash inside a check fails it
+        raise LayerCheckError(prop, name, f"{doing} raised {type(error).__name__}: {error}") from error
+
+
+def _check_shape(layer, key, input_shape, x):
+    name = layer.name
+    with _checking("shape", name, f"init(key, {input_shape})"):
+        out_shape, params = layer.init(key, input_shape)
+    with _checking("shape", name, f"apply(params, x) for x of shape {input_shape}"):
+        y = layer.apply(params, x)
+    got = _shape_of(y)
+    if _as_shape(out_shape) != got:
+        raise LayerCheckError(
+            "shape", name,
+            f"init declared output shape {out_shape!r} for input shape {input_shape}, "
+            f"but apply returned shape {got}",
+        )
+    with _checking("shape", name, "jax.eval_shape(init)"):
+        abstract_shape, abstract = _eval_shape_init(layer, key, input_shape)
+    if _as_shape(abstract_shape) != _as_shape(out_shape):
+        raise LayerCheckError(
+            "shape", name,
+            f"under jax.eval_shape init declares output shape {abstract_shape!r}, "
+            f"but {out_shape!r} when run",
+        )
+    _compare_abstract(name, abstract, params)
+    return params, y
+
+
+def _eval_shape_init(layer, key, input_shape):
+    out_shapes = []
+
+    def params_only(k):
+        out_shape, params = layer.init(k, input_shape)
+        out_shapes.append(out_shape)  # a Python value, which eval_shape cannot return
+        return params
+
+    abstract = jax.eval_shape(params_only, key)
+    return out_shapes[0], abstract
+
+
+def _compare_abstract(name: str, abstract: Any, params: Params) -> None:
+    if jax.tree.structure(abstract) != jax.tree.structure(params):
+        raise LayerCheckError(
+            "shape", name,
+            f"jax.eval_shape(init) gives params tree {jax.tree.structure(abstract)}, "
+            f"but init gives {jax.tree.structure(params)}",
+        )
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(abstract),
+                                 jax.tree.leaves(params)):
+        got_shape, got_dtype = tuple(jnp.shape(got)), jnp.result_type(got)
+        if (tuple(want.shape), want.dtype) != (got_shape, got_dtype):
+            raise LayerCheckError(
+                "shape", name,
+                f"params leaf {path_str(path) or '(root)'!r}: jax.eval_shape(init) "
+                f"gives {want.dtype}{list(want.shape)}, init gives {got_dtype}{list(got_shape)}",
+            )
+
+
+def _check_finite(case: _Case) -> None:
+    for what, tree in (("params", case.params), ("output of apply(params, x)", case.y)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+                continue
+            values = np.asarray(leaf, np.float64)
+            bad = int(np.sum(~np.isfinite(values)))
+            if bad:
+                raise LayerCheckError(
+                    "finite", case.layer.name,
+                    f"{what} at {path_str(path) or '(root)'!r} (shape {values.shape}) holds "
+                    f"{bad} NaN or infinite value(s) out of {values.size}",
+                )
+
+
+def _check_deterministic(case: _Case) -> Any:
+    apply, name = case.layer.apply, case.layer.name
+    with _checking("deterministic", name, "calling apply(params, x) again",
+                   "two calls apply(params, x) with key=None differ"):
+        chex.assert_trees_all_equal(apply(case.params, case.x), case.y)
+    with _checking("deterministic", name, "calling apply(params, x, key=k)",
+                   "two calls apply(params, x, key=k) with the same key differ"):
+        y_key = apply(case.params, case.x, key=case.key)
+        chex.assert_trees_all_equal(apply(case.params, case.x, key=case.key), y_key)
+    return y_key
+
+
+def _both(layer: Layer):
+    """`(apply(params, x), apply(params, x, key=k))`: one program for both modes."""
+
+    # Defined here, not a lambda: chex fingerprints a function by its source
+    # code, which a user's lambda or functools.partial may not have.
+    def apply_both(params, x, k):
+        return layer.apply(params, x), layer.apply(params, x, key=k)
+
+    return apply_both
+
+
+def _check_jit(case: _Case, y_key: Any):
+    chex.clear_trace_counter()
+    jitted = jax.jit(chex.assert_max_traces(_both(case.layer), n=1))
+    rtol, atol = _tolerance(case)
+    with _checking("jit", case.layer.name, "jax.jit(apply)"):
+        got, got_key = jitted(case.params, case.x, case.key)
+    with _checking("jit", case.layer.name, "", "jax.jit(apply)(params, x) differs from apply(params, x)"):
+        chex.assert_trees_all_close(got, case.y, rtol=rtol, atol=atol)
+    with _checking("jit", case.layer.name, "", "jax.jit(apply) with a key differs from apply with that key"):
+        chex.assert_trees_all_close(got_key, y_key, rtol=rtol, atol=atol)
+    return jitted
+
+
+def _after_update(leaf: Any) -> Any:
+    # What an optimizer step returns: optax.apply_updates casts each leaf to
+    # its dtype, which drops the weak type a Python-scalar leaf had at init.
+    # NumPy does the arithmetic, so nothing compiles.
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return leaf
+    return jax.device_put(np.asarray(leaf).astype(dtype) * dtype.type(0.5))
+
+
+def _check_retrace(case: _Case, jitted, x2: Any) -> None:
+    updated = jax.tree.map(_after_update, case.params)
+    try:
+        jitted(case.params, x2, case.key)
+        jitted(updated, x2, case.key)
+    except AssertionError as error:
+        if "traced >" not in str(error):
+            raise LayerCheckError("retrace", case.layer.name, f"jax.jit(apply): {error}") from error
+        weak = [path_str(p) or "(root)" for p, leaf in jax.tree_util.tree_leaves_with_path(case.params)
+                if getattr(jnp.asarray(leaf), "weak_type", False)]
+        hint = (f"; params leaves {weak} are weakly typed (Python scalars?) at init but "
+                f"not after an update: create them with jnp.asarray(value, jnp.float32)"
+                if weak else "")
+        raise LayerCheckError(
+            "retrace", case.layer.name,
+            f"jax.jit(apply) traced 2 times, expected 1, over 3 calls with the same input "
+            f"shapes and params as an optimizer step returns them{hint}",
+        ) from error
+    except Exception as error:  # noqa: BLE001 - a crash inside a check fails it
+        raise LayerCheckError("retrace", case.layer.name,
+                              f"jax.jit(apply) raised {type(error).__name__}: {error}") from error
+
+
+def _check_vmap(case: _Case, jitted) -> None:
+    layer, n = case.layer, jax.tree.leaves(case.xs)[0].shape[0]
+    rtol, atol = _tolerance(case)
+    what = f"jax.vmap(apply) over {n} examples differs from a loop over them"
+    with _checking("vmap", layer.name, f"jax.vmap(apply) over {n} examples"):
+        keys = jax.random.split(case.key, n)
+        # Not jitted: eager vmap compiles per primitive and shape, which a
+        # property test's many small models share; a jit would compile each.
+        batched, batched_key = jax.vmap(_both(layer), in_axes=(None, 0, 0))(
+            case.params, case.xs, keys
+        )
+        # The loop reuses the jitted single-example program (equal to apply,
+        # checked above), so it compiles nothing new.
+        xs = jax.tree.map(np.asarray, case.xs)
+        looped = [jitted(case.params, jax.tree.map(lambda a: a[i], xs), keys[i]) for i in range(n)]
+    with _checking("vmap", layer.name, "", what):
+        chex.assert_trees_all_close(batched, _stack([y for y, _ in looped]), rtol=rtol, atol=atol)
+    with _checking("vmap", layer.name, "", f"{what}, each example with its own key"):
+        chex.assert_trees_all_close(batched_key, _stack([y for _, y in looped]), rtol=rtol, atol=atol)
+
+
+def _check_gradient(case: _Case, rng: np.random.Generator, eps: float, x2: Any) -> None:
+    name = case.layer.name
+    with _enable_x64(True):
+        # Eager, with NumPy arrays for check_grads to perturb (as in the vmap
+        # check): eager programs are shared by models of equal shapes.
+        apply64, floats, x = _in_float64(case)
+
+        def f(float_params, x):  # flat, so tuple outputs (parallel) work too
+            return ravel_pytree(apply64(float_params, x))[0]
+
+        with _checking("gradient", name, "differentiating apply with jax.vjp"):
+            out, vjp = jax.vjp(f, floats, x)
+            grads = vjp(rng.standard_normal(out.shape).astype(out.dtype))
+        for what, tree in (("params", grads[0]), ("input", grads[1])):
+            if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(tree)):
+                raise LayerCheckError("gradient", name,
+                                      f"the gradient with respect to {what} holds NaN or infinity")
+        bits = _min_float_bits(jax.eval_shape(apply64, floats, x))
+        if bits <= 16:
+            return  # finite differences in 16 bits are noise
+        step, tol = (eps, 1e-5) if bits == 64 else (1e-3, 1e-2)
+
+        def check(args, which=(0, 1)):
+            def g(*free):  # f of the arguments in `which`, the others held fixed
+                full = list(args)
+                for i, arg in zip(which, free):
+                    full[i] = arg
+                return f(*full)
+
+            check_grads(g, [args[i] for i in which], order=1, modes=["rev"], eps=step,
+                        atol=tol, rtol=tol)
+
+        doing = "checking gradients against finite differences"
+        try:
+            with _checking("gradient", name, doing):
+                check((floats, x))
+        except LayerCheckError as error:
+            if not isinstance(error.__cause__, AssertionError):
+                raise
+            # A kink (relu's at 0) straddled by the step does not repeat at
+            # another input; a wrong derivative does.
+            args = (floats, _as_float64(x2))
+            with _checking("gradient", name, doing,
+                           f"reverse-mode gradients with respect to {_culprit(check, args)} "
+                           f"differ from finite differences (step {step}, tolerance {tol}) "
+                           f"at two random inputs"):
+                check(args)
+
+
+def _culprit(check, args) -> str:
+    """Which of params and input has the wrong gradient, for the message."""
+    wrong = []
+    for what, i in (("params", 0), ("input", 1)):
+        if not jax.tree.leaves(args[i]):
+            continue  # no float params
+        try:
+            check(args, (i,))
+        except Exception:  # noqa: BLE001 - any failure marks the argument
+            wrong.append(what)
+    return " and ".join(wrong) or "params and input together"
+
+
+def _in_float64(case: _Case):
+    """`(apply64, float_params, x)`: apply as a function of the float params leaves."""
+    leaves, treedef = jax.tree.flatten(case.params)
+    where = [i for i, leaf in enumerate(leaves) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
+
+    def apply64(float_leaves, x):
+        full = list(leaves)
+        for i, leaf in zip(where, float_leaves):
+            full[i] = leaf
+        return case.layer.apply(jax.tree.unflatten(treedef, full), x)
+
+    return apply64, [_as_float64(leaves[i]) for i in where], _as_float64(case.x)
+
+
+def _check_dtype(case: _Case, want: Any) -> None:
+    want = jnp.dtype(want)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(case.y):
+        got = jnp.result_type(leaf)
+        if got != want:
+            where = f" at {path_str(path)!r}" if path else ""
+            raise LayerCheckError(
+                "dtype", case.layer.name,
+                f"for float32 input the output{where} has dtype {got}, expected "
+                f"{want} (pass dtype= to check_layer for a layer with its own compute dtype)",
+            )
+
+
+def _min_float_bits(tree: Any) -> int:
+    """The lowest precision among the floating leaves of `tree` (a layer's output)."""
+    return min((jnp.finfo(leaf.dtype).bits for leaf in jax.tree.leaves(tree)
+                if jnp.issubdtype(leaf.dtype, jnp.inexact)), default=64)
+
+
+def _tolerance(case: _Case) -> tuple[float, float]:
+    if _min_float_bits(case.y) <= 16:
+        return max(case.rtol, 1e-2), max(case.atol, 1e-2)
+    return case.rtol, case.atol
+
+
+def _as_float64(tree: Any) -> Any:
+    # NumPy, not jnp: a jnp cast compiles once per leaf shape.
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _stack(trees: list) -> Any:
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(a) for a in leaves]), *trees)
+
+
+def _is_shape(s: Any) -> bool:
+    return isinstance(s, (tuple, list)) and all(
+        isinstance(d, int) and not isinstance(d, bool) for d in s
+    )
+
+
+def _as_input_shape(input_shape: Any) -> Any:
+    if _is_shape(input_shape):
+        return tuple(input_shape)
+    if isinstance(input_shape, (tuple, list)) and input_shape:
+        return tuple(_as_input_shape(s) for s in input_shape)
+    raise layer_error(
+        "check_layer",
+        f"input_shape must be the shape of one example, e.g. (4,), or a tuple of "
+        f"shapes for a layer taking a tuple, got {input_shape!r}",
+        TypeError,
+    )
+
+
+def _random_input(rng: np.random.Generator, shape: Any, batch: Optional[int] = None) -> Any:
+    if _is_shape(shape):
+        lead = () if batch is None else (batch,)
+        return jax.device_put(rng.standard_normal(lead + tuple(shape), np.float32))
+    return tuple(_random_input(rng, s, batch) for s in shape)
+
+
+def _as_shape(shape: Any) -> Any:
+    """A declared output shape with lists made tuples, for comparison."""
+    if _is_shape(shape):
+        return tuple(shape)
+    if isinstance(shape, (tuple, list)):
+        return tuple(_as_shape(s) for s in shape)
+    return shape
+
+
+def _shape_of(tree: Any) -> Any:
+    if hasattr(tree, "shape"):
+        return tuple(tree.shape)
+    if isinstance(tree, (tuple, list)):
+        return tuple(_shape_of(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: _shape_of(v) for k, v in tree.items()}
+    return type(tree).__name__
+
+
+def _shape_id(shape: Any) -> str:
+    if _is_shape(shape):
+        return "x".join(map(str, shape)) or "scalar"
+    if isinstance(shape, (tuple, list)):
+        return "|".join(_shape_id(s) for s in shape)
+    return repr(shape)
