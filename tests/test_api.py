@@ -19,6 +19,7 @@ PUBLIC = [
     "from_torch",
     "Identity",
     "initializers",
+    "LaminaError",
     "Layer",
     "LayerNorm",
     "load",
@@ -59,11 +60,17 @@ def test_all_is_pinned():
         assert hasattr(lm, name), name
 
 
-def test_layer_is_a_plain_named_tuple():
-    layer = lm.Dense(3)
-    init, apply, name, _ = layer
-    assert (init, apply, name) == (layer.init, layer.apply, layer.name)
-    assert repr(layer) == "Layer(Dense(3))"
+def test_user_layer_keeps_its_functions_and_name():
+    def init(key, shape):
+        return shape, ()
+
+    def apply(params, x, *, key=None):
+        return x
+
+    layer = lm.Layer(init, apply, "Mine")
+    assert (layer.init, layer.apply, layer.name) == (init, apply, "Mine")
+    assert repr(layer) == "Layer(Mine)"
+    assert layer == lm.Layer(init, apply, "Mine") and layer != lm.Layer(init, apply, "Other")
 
 
 def test_py_typed_ships():

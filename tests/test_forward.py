@@ -102,7 +102,8 @@ def test_trace_works_under_jit(key):
     chex.assert_trees_all_close(zs, eager, rtol=1e-6)
 
 
-def test_forward_is_reused_for_the_same_model():
+def test_forward_is_reused_for_an_equal_model():
     model = lm.mlp([4, 2])
     assert lm.forward(model) is lm.forward(model)
-    assert lm.forward(model) is not lm.forward(lm.mlp([4, 2]))
+    assert lm.forward(model) is lm.forward(lm.mlp([4, 2]))  # equal configuration
+    assert lm.forward(model) is not lm.forward(lm.mlp([4, 3]))

@@ -16,6 +16,7 @@ from lamina._src.dense import Dense, dense
 from lamina._src.dropout import Dropout
 from lamina._src.export import export, load_exported
 from lamina._src.forward import forward, trace
+from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, Shape, TraceStep
 from lamina._src.normalization import LayerNorm
 from lamina._src.params import check_params, param_shapes
@@ -56,6 +57,7 @@ __all__ = [
     "from_torch",
     "Identity",
     "initializers",
+    "LaminaError",
     "Layer",
     "LayerNorm",
     "load",

@@ -12,7 +12,8 @@ from typing import Callable, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from lamina._src.layer import Layer, check_input_shape, layer_error
+from lamina._src.errors import layer_error
+from lamina._src.layer import Builtin, check_input_shape, frozen
 
 ActivationLike = Union[str, Callable[[jax.Array], jax.Array], None]
 
@@ -81,16 +82,38 @@ def resolve_activation(
     )
 
 
-def Activation(act: ActivationLike) -> Layer:
+_NAMES = {id(fn): name for name, fn in reversed(ACTIVATIONS.items())}
+
+
+def canonical_activation(act: ActivationLike, where: str) -> ActivationLike:
+    """`act` checked, with a callable from `ACTIVATIONS` replaced by its name.
+
+    Names are what a layer keeps: `Dense(3, act=jax.nn.relu) == Dense(3,
+    act="relu")`, and a checkpoint can record the model as JSON.
+    """
+    resolve_activation(act, where)
+    if callable(act) and id(act) in _NAMES and ACTIVATIONS[_NAMES[id(act)]] is act:
+        return _NAMES[id(act)]
+    return act
+
+
+def activation_fn(act: ActivationLike) -> Callable[[jax.Array], jax.Array]:
+    """The function of an activation already checked by `canonical_activation`."""
+    if act is None:
+        return _identity
+    return ACTIVATIONS[act] if isinstance(act, str) else act
+
+
+@frozen
+class Activation(Builtin):
     """An element-wise activation as a layer, for use inside `lm.serial`.
 
     Args:
       act: a name from `lm.ACTIVATIONS` or a callable, e.g. `"relu"` or
         `jax.nn.gelu`.
 
-    Returns:
-      A `Layer` without params whose apply is `act(x)`; it keeps the shape and
-      accepts leading batch axes.
+    A layer without params whose apply is `act(x)`; it keeps the shape and
+    accepts leading batch axes.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -98,38 +121,43 @@ def Activation(act: ActivationLike) -> Layer:
       >>> layer.apply((), jnp.array([-1.0, 2.0]))
       Array([0., 2.], dtype=float32)
     """
-    fn, act_name = resolve_activation(act, "Activation")
-    name = f"Activation({act_name})"
 
-    def init(key, input_shape):
-        return check_input_shape(name, input_shape), ()
+    act: ActivationLike
 
-    def apply(params, x, *, key=None):
-        return fn(x)
+    def __post_init__(self):
+        object.__setattr__(self, "act", canonical_activation(self.act, "Activation"))
 
-    return Layer(init, apply, name)
+    @property
+    def name(self) -> str:
+        return f"Activation({resolve_activation(self.act)[1]})"
+
+    def init(self, key, input_shape):
+        return check_input_shape(self.name, input_shape), ()
+
+    def apply(self, params, x, *, key=None):
+        return activation_fn(self.act)(x)
 
 
-def Relu() -> Layer:
+def Relu() -> Activation:
     """`lm.Activation("relu")`: max(x, 0) element-wise."""
     return Activation("relu")
 
 
-def Sigmoid() -> Layer:
+def Sigmoid() -> Activation:
     """`lm.Activation("sigmoid")`: 1 / (1 + exp(-x)) element-wise."""
     return Activation("sigmoid")
 
 
-def Tanh() -> Layer:
+def Tanh() -> Activation:
     """`lm.Activation("tanh")` element-wise."""
     return Activation("tanh")
 
 
-def Softmax() -> Layer:
+def Softmax() -> Activation:
     """`lm.Activation("softmax")` over the last axis."""
     return Activation("softmax")
 
 
-def LogSoftmax() -> Layer:
+def LogSoftmax() -> Activation:
     """`lm.Activation("log_softmax")` over the last axis."""
     return Activation("log_softmax")

@@ -21,6 +21,7 @@ import safetensors
 import safetensors.numpy
 
 from lamina._src.files import write_atomically
+from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, layer_error
 from lamina._src.params import param_shapes, path_str
 
@@ -244,7 +245,7 @@ def _build(desc: Any, tensors: dict, used: set, where: str) -> Any:
         if kind == "none":
             return None
     except (AttributeError, TypeError, ValueError) as error:
-        if getattr(error, "_lamina", None):
+        if isinstance(error, LaminaError):
             raise
         raise layer_error(
             where, f"corrupted lamina metadata: cannot read tree node {desc!r}"

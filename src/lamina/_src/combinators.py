@@ -4,7 +4,8 @@ Forward propagation through a network is function composition: `serial(f, g)`
 applies `f`, then `g`. A combinator's params are a tuple of its children's
 params, in order, so `params[2]["W"]` is the weight matrix of the third layer
 of a `serial`. Shapes flow through `init`, so a model never states its input
-size twice.
+size twice. Combinators keep their children (`.layers`, `.layer`), so a model
+can be taken apart and rebuilt.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import jax.numpy as jnp
 
 from lamina._src.activations import ActivationLike
 from lamina._src.dense import Dense
+from lamina._src.errors import child_context, layer_error
 from lamina._src.layer import (
+    Builtin,
     Layer,
     TraceStep,
     check_input_shape,
     check_key,
-    child_context,
-    layer_error,
-    prefix_steps,
-    trace_of,
+    frozen,
+    nest,
+    size,
 )
 
 
@@ -56,156 +58,181 @@ def _check_child_params(where: str, params: Any, n: int) -> None:
         )
 
 
-def _split(key: Any, n: int) -> list[Any]:
+def _split(where: str, key: Any, n: int) -> list[Any]:
     # Each child gets its own key, derived deterministically from the parent's,
     # so the same key always gives the same dropout masks.
-    return [None] * n if key is None else list(jax.random.split(key, n))
+    if key is None:
+        return [None] * n
+    check_key(where, key)
+    return list(jax.random.split(key, n))
 
 
-def _traced_layer(init, trace, name: str) -> Layer:
-    # A combinator's apply is its trace without the steps: under jit the steps
-    # are dead code, so both compile to the same program and cannot drift apart.
-    def apply(params, x, *, key=None):
-        return trace(params, x, key=key)[0]
+@frozen(init=False)
+class _Combinator(Builtin):
+    """A layer over a tuple of layers, with `apply` its trace minus the steps."""
 
-    return Layer(init, apply, name, trace)
+    layers: tuple[Layer, ...]
+
+    def __init__(self, *layers: Layer):
+        object.__setattr__(self, "layers", _check_layers(type(self).__name__, layers))
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(*config["layers"])
+
+    @property
+    def name(self) -> str:
+        return f"{type(self).__name__}({', '.join(layer.name for layer in self.layers)})"
+
+    def apply(self, params, x, *, key=None):
+        # Under jit the steps are dead code, so apply and trace compile to the
+        # same program and cannot drift apart.
+        return self.trace(params, x, key=key)[0]
+
+    def _segment(self, i: int) -> str:
+        return f"{type(self).__name__}[{i}]"
 
 
-def _names(layers: Sequence[Layer]) -> str:
-    return ", ".join(layer.name for layer in layers)
-
-
-def serial(*layers: Layer) -> Layer:
+@frozen(init=False)
+class serial(_Combinator):
     """Composes layers: the output of each is the input of the next.
 
     Args:
-      *layers: the layers, first to last.
+      *layers: the layers, first to last; `.layers` holds them.
 
-    Returns:
-      A `Layer` whose params are a tuple with one entry per layer.
+    A `Layer` whose params are a tuple with one entry per layer.
 
     Example:
       >>> import jax, lamina as lm
       >>> model = lm.serial(lm.Dense(8, act="relu"), lm.Dense(2))
       >>> out_shape, params = model.init(jax.random.key(0), (4,))
-      >>> out_shape, len(params)
-      ((2,), 2)
+      >>> out_shape, len(params), model.layers[1]
+      ((2,), 2, Dense(2))
     """
-    layers = _check_layers("serial", layers)
-    name = f"serial({_names(layers)})"
 
-    def init(key, input_shape):
-        check_key(name, key)
+    def init(self, key, input_shape):
+        check_key(self.name, key)
         shape = input_shape
         params = []
-        for i, (layer, k) in enumerate(zip(layers, _split(key, len(layers)))):
-            with child_context(f"serial[{i}]", layer):
+        for i, (layer, k) in enumerate(zip(self.layers, _split(self.name, key, len(self.layers)))):
+            with child_context(self._segment(i), layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
         return shape, tuple(params)
 
-    def trace(params, x, *, key=None):
-        _check_child_params(name, params, len(layers))
-        steps = []
-        for i, (layer, p, k) in enumerate(zip(layers, params, _split(key, len(layers)))):
-            with child_context(f"serial[{i}]", layer):
-                x, child_steps = trace_of(layer)(p, x, key=k)
-            steps += prefix_steps(child_steps, f"serial[{i}]", i)
+    def trace(self, params, x, *, key=None):
+        _check_child_params(self.name, params, len(self.layers))
+        steps: list[TraceStep] = []
+        feed = -1
+        keys = _split(self.name, key, len(self.layers))
+        for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
+            with child_context(self._segment(i), layer):
+                x, child_steps = layer.trace(p, x, key=k)
+            steps += nest(child_steps, self._segment(i), i, len(steps), feed)
+            feed = len(steps) - 1 if steps else feed
         return x, steps
 
-    return _traced_layer(init, trace, name)
 
-
-def parallel(*layers: Layer) -> Layer:
+@frozen(init=False)
+class parallel(_Combinator):
     """Feeds the same input to every layer; the output is a tuple of their outputs.
 
     Follow it with `lm.Concat()` to join the branches into one array.
 
     Args:
-      *layers: the branches.
+      *layers: the branches; `.layers` holds them.
 
-    Returns:
-      A `Layer` whose output shape is a tuple of the branches' output shapes
-      and whose params are a tuple with one entry per branch.
+    A `Layer` whose output shape is a tuple of the branches' output shapes
+    and whose params are a tuple with one entry per branch.
     """
-    layers = _check_layers("parallel", layers)
-    name = f"parallel({_names(layers)})"
 
-    def init(key, input_shape):
-        check_key(name, key)
+    kind = "parallel"
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
         shapes, params = [], []
-        for i, (layer, k) in enumerate(zip(layers, _split(key, len(layers)))):
-            with child_context(f"parallel[{i}]", layer):
+        for i, (layer, k) in enumerate(zip(self.layers, _split(self.name, key, len(self.layers)))):
+            with child_context(self._segment(i), layer):
                 shape, p = layer.init(k, input_shape)
             shapes.append(shape)
             params.append(p)
         return tuple(shapes), tuple(params)
 
-    def trace(params, x, *, key=None):
-        _check_child_params(name, params, len(layers))
-        outs, steps = [], []
-        for i, (layer, p, k) in enumerate(zip(layers, params, _split(key, len(layers)))):
-            with child_context(f"parallel[{i}]", layer):
-                y, child_steps = trace_of(layer)(p, x, key=k)
+    def trace(self, params, x, *, key=None):
+        _check_child_params(self.name, params, len(self.layers))
+        outs, steps, ends = [], [], []
+        keys = _split(self.name, key, len(self.layers))
+        for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
+            with child_context(self._segment(i), layer):
+                y, child_steps = layer.trace(p, x, key=k)
             outs.append(y)
-            steps += prefix_steps(child_steps, f"parallel[{i}]", i)
+            steps += nest(child_steps, self._segment(i), i, len(steps), -1)
+            ends.append(len(steps) - 1)
         y = tuple(outs)
-        return y, steps + [_own_step(name, x, params, y)]
+        # Its own step shows the tuple it made, so no value is hidden.
+        return y, steps + [TraceStep("", (), self.name, x, params, None, y, self, None,
+                                     tuple(ends))]
 
-    return _traced_layer(init, trace, name)
 
-
-def residual(layer: Layer) -> Layer:
+@frozen
+class residual(Builtin):
     """A skip connection: `x + layer(x)`; the layer must keep the input's shape.
 
     Args:
-      layer: the wrapped layer (often a `serial` block).
+      layer: the wrapped layer (often a `serial` block); `.layer` holds it.
 
-    Returns:
-      A `Layer` whose params are a one-entry tuple `(layer_params,)`.
+    A `Layer` whose params are a one-entry tuple `(layer_params,)`.
 
     Raises:
       ValueError: at init, when `layer` changes the shape of its input.
     """
-    (layer,) = _check_layers("residual", (layer,))
-    name = f"residual({layer.name})"
 
-    def init(key, input_shape):
-        check_key(name, key)
-        shape = check_input_shape(name, input_shape)
-        with child_context("residual[0]", layer):
-            out_shape, p = layer.init(key, shape)
+    layer: Layer
+
+    kind = "residual"
+
+    def __post_init__(self):
+        _check_layers("residual", (self.layer,))
+
+    @property
+    def name(self) -> str:
+        return f"residual({self.layer.name})"
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
+        shape = check_input_shape(self.name, input_shape)
+        with child_context("residual[0]", self.layer):
+            out_shape, p = self.layer.init(key, shape)
         if tuple(out_shape) != shape:
             raise layer_error(
-                name,
+                self.name,
                 f"x + f(x) needs f to keep the shape, but the wrapped layer maps "
                 f"{shape} to {tuple(out_shape)}",
             )
         return shape, (p,)
 
-    def trace(params, x, *, key=None):
-        _check_child_params(name, params, 1)
-        with child_context("residual[0]", layer):
-            fx, child_steps = trace_of(layer)(params[0], x, key=key)
+    def apply(self, params, x, *, key=None):
+        return self.trace(params, x, key=key)[0]
+
+    def trace(self, params, x, *, key=None):
+        _check_child_params(self.name, params, 1)
+        check_key(self.name, key, optional=True)
+        with child_context("residual[0]", self.layer):
+            fx, child_steps = self.layer.trace(params[0], x, key=key)
         y = x + fx
-        return y, prefix_steps(child_steps, "residual[0]", 0) + [
-            _own_step(name, x, params, y)
-        ]
+        steps = nest(child_steps, "residual[0]", 0, 0, -1)
+        return y, steps + [TraceStep("", (), self.name, x, params, None, y, self, None,
+                                     (-1, len(steps) - 1))]
 
-    return _traced_layer(init, trace, name)
-
-
-def _own_step(name, x, params, y):
-    # A combinator's own step shows what it did with its children's results
-    # (the sum of a residual, the tuple of a parallel), so no value is hidden.
-    return TraceStep("", (), name, x, params, None, y)
+    def flops(self, step):
+        return size(step.output.shape)  # the sum
 
 
 def mlp(
     features: Sequence[int],
     act: ActivationLike = "relu",
     final_act: ActivationLike = None,
-) -> Layer:
+) -> serial:
     """A multi-layer perceptron: `Dense` layers with `act` between them.
 
     Args:
@@ -218,10 +245,11 @@ def mlp(
       `lm.serial(Dense(f0, act), ..., Dense(f_last, final_act))`.
 
     Example:
-      >>> import jax, lamina as lm
-      >>> model = lm.mlp([16, 3])
-      >>> model.name
-      'serial(Dense(16, relu), Dense(3))'
+      >>> import lamina as lm
+      >>> lm.mlp([16, 3])
+      serial(Dense(16, act='relu'), Dense(3))
+      >>> lm.mlp([16, 3]) == lm.mlp([16, 3])
+      True
     """
     if isinstance(features, (int, str)) or not hasattr(features, "__iter__"):
         raise layer_error(
@@ -237,45 +265,52 @@ def mlp(
     return serial(*(Dense(f, act) for f in hidden), Dense(last, final_act))
 
 
-def Concat(axis: int = -1) -> Layer:
+@frozen
+class Concat(Builtin):
     """Joins a tuple of arrays (e.g. the output of `lm.parallel`) along `axis`.
 
     Args:
       axis: the axis of one example to join along; negative counts from the end.
     """
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise layer_error(
-            "Concat", f"axis must be an int, got {type(axis).__name__} {axis!r}", TypeError
-        )
-    name = f"Concat(axis={axis})"
 
-    def init(key, input_shape):
+    axis: int = -1
+
+    def __post_init__(self):
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise layer_error(
+                "Concat", f"axis must be an int, got {type(self.axis).__name__} {self.axis!r}",
+                TypeError,
+            )
+
+    @property
+    def name(self) -> str:
+        return f"Concat(axis={self.axis})"
+
+    def init(self, key, input_shape):
         if not isinstance(input_shape, tuple) or not all(
             isinstance(s, tuple) for s in input_shape
         ):
             raise layer_error(
-                name,
+                self.name,
                 f"expects a tuple of inputs (e.g. from lm.parallel), got input "
                 f"shape {input_shape!r}",
             )
-        shapes = [check_input_shape(name, s, min_rank=1) for s in input_shape]
-        _check_joinable(name, shapes, axis)
-        ax = axis % len(shapes[0])
+        shapes = [check_input_shape(self.name, s, min_rank=1) for s in input_shape]
+        _check_joinable(self.name, shapes, self.axis)
+        ax = self.axis % len(shapes[0])
         out = list(shapes[0])
         out[ax] = sum(s[ax] for s in shapes)
         return tuple(out), ()
 
-    def apply(params, xs, *, key=None):
+    def apply(self, params, xs, *, key=None):
         if not isinstance(xs, (tuple, list)):
             raise layer_error(
-                name, f"expects a tuple of arrays, got {type(xs).__name__}", TypeError
+                self.name, f"expects a tuple of arrays, got {type(xs).__name__}", TypeError
             )
         # The same check as init, at trace time: jnp.concatenate's own message
         # does not say which layer.
-        _check_joinable(name, [jnp.shape(x) for x in xs], axis)
-        return jnp.concatenate(xs, axis=axis)
-
-    return Layer(init, apply, name)
+        _check_joinable(self.name, [jnp.shape(x) for x in xs], self.axis)
+        return jnp.concatenate(xs, axis=self.axis)
 
 
 def _check_joinable(name: str, shapes: Sequence[tuple[int, ...]], axis: int) -> None:
@@ -289,3 +324,4 @@ def _check_joinable(name: str, shapes: Sequence[tuple[int, ...]], axis: int) -> 
             name,
             f"shapes {list(shapes)} differ outside axis {axis}, so they cannot be joined",
         )
+

@@ -7,6 +7,7 @@ For one example `x` of shape `(in,)` and weights `W` of shape `(out, in)`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional
 
 import jax
@@ -14,17 +15,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from lamina._src import initializers
-from lamina._src.activations import ActivationLike, resolve_activation
+from lamina._src.activations import ActivationLike, activation_fn, canonical_activation
+from lamina._src.errors import TRANSPOSED, layer_error
 from lamina._src.layer import (
-    Layer,
+    Builtin,
     TraceStep,
+    as_dtype,
     check_float_input,
     check_input_shape,
     check_key,
-    layer_error,
+    frozen,
+    size,
 )
 
-_BATCH_HINT = "Layers take one example; use jax.vmap or lm.forward for batches."
+BATCH_HINT = "Layers take one example; use jax.vmap or lm.forward for batches."
 
 
 def _weighted_sum(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -60,11 +64,7 @@ def _check_params(
     w_shape = tuple(getattr(W, "shape", ()))
     if len(w_shape) != 2 or (out_features is not None and w_shape[0] != out_features):
         want = f"({out_features}, in)" if out_features is not None else "(out, in)"
-        hint = (
-            "; it looks transposed: lamina stores W as (out, in), like torch.nn.Linear"
-            if len(w_shape) == 2 and w_shape[1] == out_features
-            else ""
-        )
+        hint = TRANSPOSED if len(w_shape) == 2 and w_shape[1] == out_features else ""
         raise layer_error(where, f"expected W of shape {want}, got {w_shape}{hint}")
     if x.ndim < 1:
         raise layer_error(
@@ -73,15 +73,11 @@ def _check_params(
             f"{w_shape}), got a scalar x with shape ().",
         )
     if x.shape[-1] != w_shape[1]:
-        hint = (
-            " W looks transposed: lamina stores W as (out, in), like torch.nn.Linear."
-            if w_shape[0] == x.shape[-1]
-            else ""
-        )
+        hint = TRANSPOSED if w_shape[0] == x.shape[-1] else ""
         raise layer_error(
             where,
             f"expected input with last dimension {w_shape[1]} (W has shape "
-            f"{w_shape}), got x with shape {x.shape}.{hint}\n{_BATCH_HINT}",
+            f"{w_shape}), got x with shape {x.shape}.{hint}\n{BATCH_HINT}",
         )
     has_b = "b" in params
     if use_bias is not None and has_b != use_bias:
@@ -100,13 +96,6 @@ def _check_params(
     extra = sorted(set(params) - {"W", "b"})
     if extra:
         raise layer_error(where, f"unexpected params keys {extra}; expected 'W' and 'b'")
-
-
-def _is_float_dtype(value: Any) -> bool:
-    try:
-        return jnp.issubdtype(jnp.dtype(value), jnp.floating)
-    except TypeError:  # not a dtype at all, e.g. "float33"
-        return False
 
 
 def dense(
@@ -134,32 +123,34 @@ def dense(
       >>> lm.dense(params, jnp.array([3.0, 4.0]))
       Array([11.5], dtype=float32)
     """
-    fn, _ = resolve_activation(act, "dense")
+    fn = activation_fn(canonical_activation(act, "dense"))
     x = check_float_input("dense", x)
     _check_params("dense", params, x)
     return fn(_weighted_sum(params, x))
 
 
-def Dense(
-    out_features: int,
-    act: ActivationLike = None,
-    *,
-    use_bias: bool = True,
-    w_init: Optional[initializers.Initializer] = None,
-    b_init: Optional[initializers.Initializer] = None,
-    dtype: Optional[jnp.dtype] = None,
-    param_dtype: jnp.dtype = jnp.float32,
-) -> Layer:
+def _act_name(act: ActivationLike):
+    if act is None or isinstance(act, str):
+        return act
+    return getattr(act, "__name__", repr(act))
+
+
+@frozen
+class Dense(Builtin):
     """A fully connected layer, `act(x @ W.T + b)`, with `W` stored as `(out, in)`.
 
     Args:
       out_features: number of output units, >= 1.
       act: activation applied to the weighted sum: a name (`"relu"`), a
-        callable (`jax.nn.relu`) or `None` for none.
+        callable (`jax.nn.relu`; one of `lm.ACTIVATIONS` is stored by its
+        name) or `None` for none.
       use_bias: whether the layer has a bias `b`; without one the params hold
         only `W`.
       w_init: initializer `(key, shape, dtype)` for `W`; the default,
-        `lm.initializers.torch_linear()`, matches `torch.nn.Linear`.
+        `lm.initializers.torch_linear()`, matches `torch.nn.Linear`. A
+        `jax.nn.initializers` (or Flax) function, which expects the `(in,
+        out)` layout, is given that shape and its result transposed, so it
+        gets the variance it promises.
       b_init: initializer for `b`; the default is uniform in
         +-1/sqrt(in_features), as in `torch.nn.Linear`.
       dtype: the compute dtype (e.g. `jnp.bfloat16`): inputs and params are
@@ -167,10 +158,9 @@ def Dense(
         promoted with the params'.
       param_dtype: the dtype params are created in.
 
-    Returns:
-      A `Layer`. `init(key, input_shape)` returns
-      `(input_shape[:-1] + (out_features,), {"W": (out, in), "b": (out,)})`;
-      `apply(params, x)` takes `x` of shape `(..., in)`.
+    `init(key, input_shape)` returns
+    `(input_shape[:-1] + (out_features,), {"W": (out, in), "b": (out,)})`;
+    `apply(params, x)` takes `x` of shape `(..., in)`.
 
     Raises:
       ValueError: `out_features < 1` or an unknown activation name.
@@ -182,67 +172,90 @@ def Dense(
       >>> out_shape, params = layer.init(jax.random.key(0), (4,))
       >>> out_shape, params["W"].shape, layer.apply(params, jnp.ones(4)).shape
       ((3,), (3, 4), (3,))
+      >>> layer, layer == lm.Dense(3, act=jax.nn.relu)
+      (Dense(3, act='relu'), True)
     """
-    if isinstance(out_features, bool) or not isinstance(out_features, int):
-        raise layer_error(
-            "Dense",
-            f"out_features must be an int, got {type(out_features).__name__} "
-            f"{out_features!r}",
-            TypeError,
-        )
-    if out_features < 1:
-        raise layer_error("Dense", f"out_features must be >= 1, got {out_features}")
-    act_fn, act_name = resolve_activation(act, f"Dense({out_features})")
-    for arg, value in (("w_init", w_init), ("b_init", b_init)):
-        if value is not None and not callable(value):
-            raise layer_error(
-                f"Dense({out_features})",
-                f"{arg} must be an initializer (key, shape, dtype) -> array, got "
-                f"{type(value).__name__} {value!r}",
-                TypeError,
-            )
-    if use_bias not in (True, False):
-        raise layer_error(
-            f"Dense({out_features})",
-            f"use_bias must be True or False, got {type(use_bias).__name__} {use_bias!r}",
-            TypeError,
-        )
-    for arg, value in (("dtype", dtype), ("param_dtype", param_dtype)):
-        if value is not None and not _is_float_dtype(value):
-            raise layer_error(
-                f"Dense({out_features})",
-                f"{arg} must be a floating-point dtype such as jnp.float32 or "
-                f"jnp.bfloat16, got {value!r}",
-                TypeError,
-            )
-    w_init = w_init or initializers.torch_linear()
-    name = f"Dense({out_features}, {act_name})" if act_name else f"Dense({out_features})"
 
-    def init(key, input_shape):
-        check_key(name, key)
-        shape = check_input_shape(name, input_shape, min_rank=1)
+    out_features: int
+    act: ActivationLike = None
+    _: dataclasses.KW_ONLY
+    use_bias: bool = True
+    w_init: Optional[initializers.Initializer] = None
+    b_init: Optional[initializers.Initializer] = None
+    dtype: Optional[Any] = None
+    param_dtype: Any = jnp.dtype(jnp.float32)
+
+    kind = "dense"
+
+    def __post_init__(self):
+        out = self.out_features
+        if isinstance(out, bool) or not isinstance(out, int):
+            raise layer_error(
+                "Dense",
+                f"out_features must be an int, got {type(out).__name__} {out!r}",
+                TypeError,
+            )
+        if out < 1:
+            raise layer_error("Dense", f"out_features must be >= 1, got {out}")
+        where = f"Dense({out})"
+        object.__setattr__(self, "act", canonical_activation(self.act, where))
+        for arg in ("w_init", "b_init"):
+            value = getattr(self, arg)
+            if value is not None and not callable(value):
+                raise layer_error(
+                    where,
+                    f"{arg} must be an initializer (key, shape, dtype) -> array, got "
+                    f"{type(value).__name__} {value!r}",
+                    TypeError,
+                )
+        if self.use_bias not in (True, False):
+            raise layer_error(
+                where,
+                f"use_bias must be True or False, got {type(self.use_bias).__name__} "
+                f"{self.use_bias!r}",
+                TypeError,
+            )
+        object.__setattr__(self, "dtype", as_dtype(where, "dtype", self.dtype, optional=True))
+        object.__setattr__(self, "param_dtype", as_dtype(where, "param_dtype", self.param_dtype))
+
+    @property
+    def name(self) -> str:
+        act = _act_name(self.act)
+        return f"Dense({self.out_features}, {act})" if act else f"Dense({self.out_features})"
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
+        shape = check_input_shape(self.name, input_shape, min_rank=1)
         in_features = shape[-1]
         w_key, b_key = jax.random.split(key)
-        params = {"W": w_init(w_key, (out_features, in_features), param_dtype)}
-        if use_bias:
-            bias_init = b_init or initializers.torch_bias(in_features)
-            params["b"] = bias_init(b_key, (out_features,), param_dtype)
-        return shape[:-1] + (out_features,), params
+        w_init = self.w_init or initializers.torch_linear()
+        params = {"W": initializers.init_weight(
+            w_init, w_key, (self.out_features, in_features), self.param_dtype)}
+        if self.use_bias:
+            b_init = self.b_init or initializers.torch_bias(in_features)
+            params["b"] = initializers.init_weight(
+                b_init, b_key, (self.out_features,), self.param_dtype)
+        return shape[:-1] + (self.out_features,), params
 
-    def weighted_sum(params, x):
-        x = check_float_input(name, x)
-        _check_params(name, params, x, out_features, use_bias)
-        if dtype is not None:
-            x = x.astype(dtype)
-            params = jax.tree.map(lambda p: p.astype(dtype), params)
+    def weighted_sum(self, params, x):
+        """`x @ W.T + b` before the activation, after the layer's checks."""
+        x = check_float_input(self.name, x)
+        _check_params(self.name, params, x, self.out_features, self.use_bias)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+            params = jax.tree.map(lambda p: p.astype(self.dtype), params)
         return _weighted_sum(params, x)
 
-    def apply(params, x, *, key=None):
-        return act_fn(weighted_sum(params, x))
+    def apply(self, params, x, *, key=None):
+        return activation_fn(self.act)(self.weighted_sum(params, x))
 
-    def trace(params, x, *, key=None):
-        z = weighted_sum(params, x)
-        y = act_fn(z)
-        return y, [TraceStep("", (), name, x, params, z, y)]
+    def trace(self, params, x, *, key=None):
+        z = self.weighted_sum(params, x)
+        y = activation_fn(self.act)(z)
+        return y, [TraceStep("", (), self.name, x, params, z, y, self, _act_name(self.act))]
 
-    return Layer(init, apply, name, trace)
+    def flops(self, step):
+        # A multiply-add per weight, plus the bias, for every row of the input.
+        out_features, in_features = step.params["W"].shape
+        per_row = 2 * in_features * out_features + (out_features if "b" in step.params else 0)
+        return size(step.input.shape[:-1]) * per_row

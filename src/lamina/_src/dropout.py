@@ -7,10 +7,12 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from lamina._src.layer import Layer, check_input_shape, check_key, layer_error
+from lamina._src.errors import layer_error
+from lamina._src.layer import Builtin, check_input_shape, check_key, frozen
 
 
-def Dropout(rate: float) -> Layer:
+@frozen
+class Dropout(Builtin):
     """Inverted dropout: zeroes each unit with probability `rate`, scales the rest.
 
     Kept units are divided by `1 - rate`, so the expected output equals the
@@ -19,30 +21,36 @@ def Dropout(rate: float) -> Layer:
     Args:
       rate: probability of dropping a unit, in `[0, 1)`.
 
-    Returns:
-      A `Layer` without params. `apply(params, x, key=None)` returns `x`;
-      with a PRNG key it draws a mask from that key (same key, same mask).
+    A `Layer` without params. `apply(params, x, key=None)` returns `x`; with a
+    PRNG key it draws a mask from that key (same key, same mask).
 
     Raises:
       ValueError: `rate` outside `[0, 1)`.
     """
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-        raise layer_error(
-            "Dropout", f"rate must be a number in [0, 1), got {rate!r}", TypeError
-        )
-    rate = float(rate)
-    if not 0.0 <= rate < 1.0:
-        raise layer_error("Dropout", f"rate must be in [0, 1), got {rate}")
-    name = f"Dropout({rate})"
 
-    def init(key, input_shape):
-        return check_input_shape(name, input_shape), ()
+    rate: float
 
-    def apply(params, x, *, key=None):
-        if key is None or rate == 0.0:
+    def __post_init__(self):
+        rate = self.rate
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+            raise layer_error(
+                "Dropout", f"rate must be a number in [0, 1), got {rate!r}", TypeError
+            )
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise layer_error("Dropout", f"rate must be in [0, 1), got {rate}")
+        object.__setattr__(self, "rate", rate)
+
+    @property
+    def name(self) -> str:
+        return f"Dropout({self.rate})"
+
+    def init(self, key, input_shape):
+        return check_input_shape(self.name, input_shape), ()
+
+    def apply(self, params, x, *, key=None):
+        if key is None or self.rate == 0.0:
             return x
-        check_key(name, key)
-        keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
-        return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-    return Layer(init, apply, name)
+        check_key(self.name, key)
+        keep = jax.random.bernoulli(key, 1.0 - self.rate, jnp.shape(x))
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))

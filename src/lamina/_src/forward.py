@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina._src.layer import Layer, Params, TraceStep, check_key, layer_error, trace_of
+from lamina._src.layer import Layer, Params, TraceStep, check_key, layer_error
 from lamina._src.params import check_layer_type
 
 
@@ -81,9 +81,12 @@ def trace(
     Returns:
       A list of `lm.TraceStep`, one per layer in the order they run: its path
       (e.g. `"serial[1]"`), name, input, own params, for dense layers the
-      weighted sum `x @ W.T + b` before the activation, and output. Layers
-      inside `residual`/`parallel` come first, then a step for the combinator
-      itself with its combined output. Works under `jax.jit` too.
+      weighted sum `x @ W.T + b` before the activation, and output; and the
+      structure: the layer itself (`step.layer`), its activation's name
+      (`step.act`) and which steps fed it (`step.sources`, `-1` for the
+      model's input). Layers inside `residual`/`parallel` come first, then a
+      step for the combinator itself with its combined output. Works under
+      `jax.jit` too.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -91,6 +94,8 @@ def trace(
       >>> _, params = model.init(jax.random.key(0), (4,))
       >>> [(s.path, s.name) for s in lm.trace(model, params, jnp.ones(4))]
       [('serial[0]', 'Dense(3, relu)'), ('serial[1]', 'Dense(2)')]
+      >>> [(s.act, s.sources, s.layer) for s in lm.trace(model, params, jnp.ones(4))]
+      [('relu', (-1,), Dense(3, act='relu')), (None, (0,), Dense(2))]
     """
     check_layer_type("trace", model)
-    return trace_of(model)(params, x, key=key)[1]
+    return model.trace(params, x, key=key)[1]

@@ -1,25 +1,29 @@
-"""The `Layer` type and the helpers every layer shares.
+"""The `Layer` type and the checks every layer shares.
 
 A layer is two pure functions and a name. `init(key, input_shape)` returns the
 shape of one output example and the parameters; `apply(params, x, *, key=None)`
-maps one example to one output. A third, optional function `trace` returns the
-same output plus a record of every sub-layer's input and output; layers that
-leave it out get a one-record trace built from `apply`.
+maps one example to one output. `trace(params, x, *, key=None)` returns the
+same output plus one `TraceStep` per layer that ran.
 
-Errors raised here carry the layer's name, and combinators prepend the
-child's place (`serial[2]`) as the error travels up, so a message reads
-`serial[2] Dense(10): ...` wherever in the model it started.
+Users write a layer as `Layer(init, apply, name)`. lamina's own layers are
+subclasses that are frozen dataclasses of their configuration: equal
+configuration means equal, same hash (one compile), picklable, and a `repr`
+that reads as the call that builds them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import functools
 import math
 import reprlib
-from typing import Any, Callable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from lamina._src.errors import join_path, layer_error
 
 Shape = tuple[int, ...]
 Params = Any  # a pytree of jax.Array: dicts, tuples and () for no weights
@@ -40,6 +44,11 @@ class TraceStep(NamedTuple):
       weighted_sum: for dense layers `x @ W.T + b` before the activation,
         else `None`.
       output: what the layer returned.
+      layer: the layer itself (a `Layer`), e.g. to read its configuration.
+      act: the name of the activation applied after the weighted sum, if any.
+      sources: the positions, in the list of steps, of the steps whose
+        outputs this layer received; `-1` is the model's input. `None`
+        means the step just before (a user layer that does not say).
     """
 
     path: str
@@ -49,13 +58,16 @@ class TraceStep(NamedTuple):
     params: Params
     weighted_sum: Optional[jax.Array]
     output: Any
+    layer: Optional["Layer"] = None
+    act: Optional[str] = None
+    sources: Optional[tuple[int, ...]] = None
 
 
-TraceFn = Callable[..., tuple[Any, list[TraceStep]]]
-
-
-class Layer(NamedTuple):
+class Layer:
     """A layer: pure `init` and `apply` functions and a readable name.
+
+    Write your own as `lm.Layer(init, apply, name)`; every lamina function
+    accepts it. lamina's built-in layers are subclasses of `Layer`.
 
     Attributes:
       init: `init(key, input_shape) -> (output_shape, params)`, shapes of ONE
@@ -63,78 +75,183 @@ class Layer(NamedTuple):
       apply: `apply(params, x, *, key=None) -> y` on one example; a PRNG key
         turns on stochastic layers such as dropout.
       name: a readable name used in errors, traces and summaries.
-      trace: optional `trace(params, x, *, key=None) -> (y, steps)`; see
-        `lm.trace`. Leave it out for a layer without sub-layers.
+      trace: `trace(params, x, *, key=None) -> (y, steps)`; see `lm.trace`.
+        Pass it for a layer with sub-layers; the default is one step.
+      kind: how `lm.visualize` draws the layer: `"dense"`, `"residual"`,
+        `"parallel"`, or `"layer"` (inputs and outputs only).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> double = lm.Layer(lambda key, shape: (shape, ()),
+      ...                   lambda params, x, *, key=None: 2 * x, "Double")
+      >>> lm.serial(lm.Dense(3), double).init(jax.random.key(0), (4,))[0]
+      (3,)
     """
 
-    init: InitFn
-    apply: ApplyFn
-    name: str
-    trace: Optional[TraceFn] = None
+    kind: ClassVar[str] = "layer"
+
+    def __init__(
+        self, init: InitFn, apply: ApplyFn, name: str, trace: Optional[Callable] = None
+    ):
+        for arg, fn in (("init", init), ("apply", apply), ("trace", trace)):
+            if fn is not None and not callable(fn):
+                raise layer_error(
+                    "Layer", f"{arg} must be a function, got {type(fn).__name__} {fn!r}",
+                    TypeError,
+                )
+        if not isinstance(name, str):
+            raise layer_error(
+                "Layer", f"name must be a str, got {type(name).__name__} {name!r}", TypeError
+            )
+        object.__setattr__(self, "init", init)
+        object.__setattr__(self, "apply", apply)
+        object.__setattr__(self, "name", name)
+        if trace is not None:  # shadows the one-step trace below
+            object.__setattr__(self, "trace", trace)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(
+            f"{type(self).__name__} is immutable: use .replace({attr}=...) for a modified copy"
+        )
+
+    def _key(self) -> tuple:
+        return (self.init, self.apply, self.name, self.__dict__.get("trace"))
+
+    def __eq__(self, other: Any) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __repr__(self) -> str:
         return f"Layer({self.name})"
 
+    def replace(self, **changes: Any) -> "Layer":
+        """A copy with some configuration changed, e.g. `Dense(3).replace(act="relu")`."""
+        fields = dict(zip(("init", "apply", "name", "trace"), self._key()))
+        return Layer(**{**fields, **changes})
 
-def trace_of(layer: Layer) -> TraceFn:
-    """Returns `layer`'s trace function, or a one-step trace built from apply."""
-    if layer.trace is not None:
-        return layer.trace
+    def trace(self, params: Params, x: Any, *, key: Optional[jax.Array] = None):
+        """`(y, steps)`: the output and one `TraceStep` for this layer."""
+        y = self.apply(params, x, key=key)
+        return y, [TraceStep("", (), self.name, x, params, None, y, self)]
 
-    def leaf_trace(params, x, *, key=None):
-        y = layer.apply(params, x, key=key)
-        return y, [TraceStep("", (), layer.name, x, params, None, y)]
+    def flops(self, step: TraceStep) -> int:
+        """Floating-point operations of one example through this layer (see `lm.summary`).
 
-    return leaf_trace
-
-
-def prefix_steps(steps: list[TraceStep], segment: str, i: int) -> list[TraceStep]:
-    """Puts a child's trace steps under the parent's `segment` at position i."""
-    return [
-        s._replace(path=_join(segment, s.path), index=(i,) + s.index)
-        for s in steps
-    ]
+        `step` holds the layer's input, params and output (shapes suffice).
+        Layers lamina does not know count 0.
+        """
+        return 0
 
 
-def _join(segment: str, path: str) -> str:
-    return segment if not path else f"{segment}.{path}"
+# lamina's own layers: immutable values of their configuration, whose repr is
+# the call that builds them.
+frozen = functools.partial(dataclasses.dataclass, frozen=True, repr=False)
 
 
-def layer_error(name: str, message: str, cls: type = ValueError) -> Exception:
-    """Builds an error that names the layer; combinators add its path later.
+class Builtin(Layer):
+    """Base of lamina's layers; subclasses are `@frozen` dataclasses."""
 
-    Args:
-      name: the layer's name, e.g. `"Dense(10)"`.
-      message: what was expected and what came.
-      cls: `ValueError` for bad values and shapes, `TypeError` for the wrong
-        kind of object.
-    """
-    error = cls(f"{name}: {message}")
-    error._lamina = (name, "", message)  # (layer name, path, message)
-    return error
+    def __repr__(self) -> str:
+        parts = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                parts.append(show(value))
+            elif not _same(value, field.default):
+                parts.append(f"{field.name}={show(value)}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def config(self) -> dict[str, Any]:
+        """The configuration: every field by name, as the constructor takes it."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Builtin":
+        """Builds the layer from `config()`'s dict."""
+        return cls(**config)
+
+    def replace(self, **changes: Any) -> "Builtin":
+        """A copy with some configuration changed (model surgery in one line).
+
+        Example:
+          >>> import lamina as lm
+          >>> lm.Dense(3).replace(act="relu")
+          Dense(3, act='relu')
+          >>> model = lm.mlp([8, 2])
+          >>> model.replace(layers=model.layers[:1] + (lm.Dense(5),))
+          serial(Dense(8, act='relu'), Dense(5))
+        """
+        unknown = sorted(set(changes) - set(self.config()))
+        if unknown:
+            raise layer_error(
+                self.name,
+                f"replace() got unknown field(s) {unknown}; {type(self).__name__} has "
+                f"{sorted(self.config())}",
+                TypeError,
+            )
+        return type(self).from_config({**self.config(), **changes})
 
 
-@contextlib.contextmanager
-def child_context(segment: str, child: Layer) -> Iterator[None]:
-    """Adds `segment` (e.g. `serial[2]`) to errors raised inside a child.
-
-    lamina's own errors get the path written into their message; any other
-    `ValueError`/`TypeError` (from a user's layer or from JAX) keeps its text
-    and gets a note saying in which layer it happened.
-    """
+def _same(value: Any, default: Any) -> bool:
     try:
-        yield
-    except (ValueError, TypeError) as error:
-        info = getattr(error, "_lamina", None)
-        if info is None:
-            if hasattr(error, "add_note"):  # Python >= 3.11
-                error.add_note(f"(raised inside lamina layer {segment} {child.name})")
-            raise
-        name, path, message = info
-        path = _join(segment, path)
-        error._lamina = (name, path, message)
-        error.args = (f"{path} {name}: {message}",)
-        raise
+        return bool(value == default) and type(value) is type(default) or (
+            isinstance(value, np.dtype) and value == np.dtype(default)
+        )
+    except TypeError:
+        return False
+
+
+def show(value: Any) -> str:
+    """A configuration value as it reads in a repr."""
+    if isinstance(value, np.dtype):
+        return repr(value.name)
+    if isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):
+        return ", ".join(map(repr, value))
+    if callable(value) and not isinstance(value, Layer) and hasattr(value, "__name__"):
+        return value.__name__
+    return repr(value)
+
+
+def as_dtype(name: str, arg: str, value: Any, optional: bool = False) -> Optional[np.dtype]:
+    """`value` as a floating-point `np.dtype`, or a TypeError naming the layer."""
+    if value is None and optional:
+        return None
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise layer_error(
+            name,
+            f"{arg} must be a floating-point dtype such as jnp.float32 or jnp.bfloat16, "
+            f"got {value!r}",
+            TypeError,
+        )
+    return dtype
+
+
+def nest(steps: list[TraceStep], segment: str, i: int, offset: int, feed: int) -> list[TraceStep]:
+    """A child's trace steps as steps of its parent.
+
+    The child sits at `segment` (e.g. `"serial[2]"`), entry `i` of the
+    parent's params; its steps are numbered from `offset` in the parent's
+    list, and its input came from the parent's step `feed` (`-1`: the
+    parent's own input).
+    """
+    out = []
+    for s in steps:
+        sources = None if s.sources is None else tuple(
+            feed if j < 0 else offset + j for j in s.sources
+        )
+        if sources is None and not out:
+            sources = (feed,)
+        out.append(s._replace(path=join_path(segment, s.path), index=(i,) + s.index,
+                              sources=sources))
+    return out
 
 
 def check_input_shape(name: str, input_shape: Any, min_rank: int = 0) -> Shape:
@@ -203,6 +320,13 @@ def check_float_input(name: str, x: Any) -> jax.Array:
             TypeError,
         )
     return x
+
+
+def shape_of(tree: Any) -> Any:
+    """The shape of an array, or the tuple of shapes of a tuple of arrays."""
+    if isinstance(tree, (tuple, list)):
+        return tuple(shape_of(t) for t in tree)
+    return tuple(tree.shape) if hasattr(tree, "shape") else tuple(jnp.shape(tree))
 
 
 def size(shape: Shape) -> int:

@@ -7,7 +7,8 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina._src.layer import Layer, Params, Shape, layer_error, trace_of
+from lamina._src.errors import transposed_hint
+from lamina._src.layer import Layer, Params, Shape, layer_error
 
 
 def check_layer_type(where: str, model: Any) -> Layer:
@@ -24,7 +25,11 @@ def check_layer_type(where: str, model: Any) -> Layer:
 
 
 def param_shapes(
-    model: Layer, input_shape: Shape, key: Optional[jax.Array] = None
+    model: Layer,
+    input_shape: Shape,
+    key: Optional[jax.Array] = None,
+    *,
+    input_dtype: Any = jnp.float32,
 ) -> tuple[Any, Params]:
     """Shapes of a model's output and params, without computing or allocating them.
 
@@ -35,6 +40,9 @@ def param_shapes(
       model: a `Layer`.
       input_shape: the shape of one example, e.g. `(784,)`.
       key: optional PRNG key; only its type matters.
+      input_dtype: the dtype of the inputs (e.g. `jnp.int32` for token ids).
+        `init` sees only the shape, so it changes nothing here; it is taken
+        so that `param_shapes`, `check_params` and `summary` read alike.
 
     Returns:
       `(output_shape, params)` where params is the params tree with a
@@ -107,14 +115,14 @@ def _first_difference(want: Any, got: Any, path: tuple) -> Optional[tuple[tuple,
     if shape is None:
         return path, f"expected an array of shape {want.shape}, got {_describe(got)}"
     if tuple(shape) != want.shape:
-        hint = ""
-        if len(shape) == 2 and tuple(shape) == want.shape[::-1]:
-            hint = " (transposed? lamina stores W as (out, in), like torch.nn.Linear)"
+        hint = transposed_hint(want.shape, shape)
         return path, f"expected shape {want.shape}, got {tuple(shape)}{hint}"
     return None
 
 
-def abstract_trace(model: Layer, params: Params, input_shape: Shape) -> list:
+def abstract_trace(
+    model: Layer, params: Params, input_shape: Shape, input_dtype: Any = jnp.float32
+) -> list:
     """`lm.trace` under `jax.eval_shape`: every step, with shapes in place of values.
 
     Nothing is computed or allocated; each array in a step (input, params,
@@ -127,7 +135,7 @@ def abstract_trace(model: Layer, params: Params, input_shape: Shape) -> list:
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
     def run(params, x):
-        y, trace = trace_of(model)(params, x)
+        y, trace = model.trace(params, x)
         # Only shapes may leave: the values are tracers.
         steps.extend(
             s._replace(input=as_shapes(s.input), params=as_shapes(s.params),
@@ -136,28 +144,29 @@ def abstract_trace(model: Layer, params: Params, input_shape: Shape) -> list:
         )
         return y
 
-    jax.eval_shape(run, params, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+    jax.eval_shape(run, params, jax.ShapeDtypeStruct(tuple(input_shape), input_dtype))
     return steps
 
 
-def _layer_at(model: Layer, expected: Params, input_shape: Shape, path: tuple) -> str:
-    """The path and name of the deepest layer owning params at `path`."""
+def _layer_at(model: Layer, expected: Params, input_shape: Shape, input_dtype: Any,
+              path: tuple) -> tuple[str, str]:
+    """`(path, name)` of the deepest layer owning params at `path`."""
     try:
-        steps = abstract_trace(model, expected, input_shape)
+        steps = abstract_trace(model, expected, input_shape, input_dtype)
     except Exception:  # noqa: BLE001 - naming the layer is best effort only
-        return model.name
+        return "", model.name
     index = tuple(p for p in path if isinstance(p, int))
     best = None
     for step in steps:
         if index[: len(step.index)] == step.index:
             if best is None or len(step.index) > len(best.index):
                 best = step
-    if best is None:
-        return model.name
-    return f"{best.path} {best.name}" if best.path else best.name
+    return ("", model.name) if best is None else (best.path, best.name)
 
 
-def check_params(model: Layer, params: Params, input_shape: Shape) -> None:
+def check_params(
+    model: Layer, params: Params, input_shape: Shape, *, input_dtype: Any = jnp.float32
+) -> None:
     """Checks that `params` fit `model` for inputs of `input_shape`.
 
     Compares the tree structure and every leaf's shape with what `model.init`
@@ -169,6 +178,7 @@ def check_params(model: Layer, params: Params, input_shape: Shape) -> None:
       model: a `Layer`.
       params: the params tree to check.
       input_shape: the shape of one example.
+      input_dtype: the dtype of one example (e.g. `jnp.int32` for token ids).
 
     Raises:
       ValueError: naming the layer and the first params path that differs,
@@ -179,9 +189,11 @@ def check_params(model: Layer, params: Params, input_shape: Shape) -> None:
     if found is None:
         return
     path, message = found
-    where = _layer_at(model, expected, input_shape, path)
-    raise layer_error(
-        where,
+    layer_path, name = _layer_at(model, expected, input_shape, input_dtype, path)
+    error = layer_error(
+        name,
         f"params do not fit the model at {path_str(path) or '(root)'!r}: {message} "
         f"(for inputs of shape {tuple(input_shape)})",
     )
+    error._under(layer_path)
+    raise error

@@ -7,8 +7,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lamina._src.layer import Layer, layer_error, trace_of
-from lamina._src.params import check_layer_type
+from lamina._src.errors import layer_error
+from lamina._src.layer import Builtin, Layer, frozen
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
@@ -19,7 +19,8 @@ def _cast_floats(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(cast, tree)
 
 
-def with_dtype(model: Layer, compute: Any = jnp.bfloat16) -> Layer:
+@frozen
+class with_dtype(Builtin):
     """Runs a whole model in the `compute` dtype; its params stay as they are.
 
     Floating params and inputs are cast to `compute` on the way in, so every
@@ -30,11 +31,10 @@ def with_dtype(model: Layer, compute: Any = jnp.bfloat16) -> Layer:
     unaffected. `lm.train_step` computes the loss in float32 regardless.
 
     Args:
-      model: a `Layer`.
+      model: a `Layer`; `.model` holds it.
       compute: the compute dtype, e.g. `jnp.bfloat16` or `jnp.float16`.
 
-    Returns:
-      A `Layer` with the same `init` and params as `model`.
+    A `Layer` with the same `init` and params as `model`.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -43,24 +43,41 @@ def with_dtype(model: Layer, compute: Any = jnp.bfloat16) -> Layer:
       >>> params[0]["W"].dtype, model.apply(params, jnp.ones(4)).dtype
       (dtype('float32'), dtype(bfloat16))
     """
-    check_layer_type("with_dtype", model)
-    try:
-        compute = jnp.dtype(compute)
-    except TypeError:
-        compute = None
-    if compute is None or not jnp.issubdtype(compute, jnp.floating):
-        raise layer_error(
-            "with_dtype",
-            "compute must be a floating dtype such as jnp.bfloat16",
-            TypeError,
-        )
-    name = f"with_dtype({model.name}, {compute.name})"
-    inner_trace = trace_of(model)
 
-    def apply(params, x, *, key=None):
-        return model.apply(_cast_floats(params, compute), _cast_floats(x, compute), key=key)
+    model: Layer
+    compute: Any = jnp.dtype(jnp.bfloat16)
 
-    def trace(params, x, *, key=None):
-        return inner_trace(_cast_floats(params, compute), _cast_floats(x, compute), key=key)
+    def __post_init__(self):
+        if not isinstance(self.model, Layer):
+            raise layer_error(
+                "with_dtype",
+                f"expected a lamina Layer such as lm.mlp([10]), got "
+                f"{type(self.model).__name__} {self.model!r}",
+                TypeError,
+            )
+        try:
+            compute = jnp.dtype(self.compute)
+        except TypeError:
+            compute = None
+        if compute is None or not jnp.issubdtype(compute, jnp.floating):
+            raise layer_error(
+                "with_dtype",
+                "compute must be a floating dtype such as jnp.bfloat16",
+                TypeError,
+            )
+        object.__setattr__(self, "compute", compute)
 
-    return Layer(model.init, apply, name, trace)
+    @property
+    def name(self) -> str:
+        return f"with_dtype({self.model.name}, {self.compute.name})"
+
+    def init(self, key, input_shape):
+        return self.model.init(key, input_shape)
+
+    def apply(self, params, x, *, key=None):
+        return self.model.apply(_cast_floats(params, self.compute),
+                                _cast_floats(x, self.compute), key=key)
+
+    def trace(self, params, x, *, key=None):
+        return self.model.trace(_cast_floats(params, self.compute),
+                                _cast_floats(x, self.compute), key=key)

@@ -4,7 +4,7 @@ Nothing is computed: the model's trace runs under `jax.eval_shape`, so a
 summary of a billion-parameter model takes milliseconds and no memory.
 
 FLOPs are counted per example, a multiply-add as 2, for the arithmetic that
-dominates a dense network:
+dominates a network; each layer counts its own (`Layer.flops`):
 
 - `Dense(out)` on `in` features: `2 * in * out`, plus `out` for the bias
   (times the product of any extra leading axes of one example);
@@ -12,18 +12,19 @@ dominates a dense network:
   sum, normalize, scale, offset);
 - `residual`: one add per output element;
 - activations (standalone or fused into `Dense`), dropout, reshapes,
-  `parallel`, `Concat` and layers lamina does not know: 0. Element-wise
+  `parallel`, `Concat` and user layers that do not say: 0. Element-wise
   functions cost a few FLOPs per unit, negligible next to the weighted sums.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.layer import Layer, Shape, size
+from lamina._src.layer import Layer, Shape, shape_of
 from lamina._src.params import abstract_trace, check_layer_type, param_shapes
 
 
@@ -90,13 +91,17 @@ class Summary(NamedTuple):
         )
 
 
-def summary(model: Layer, input_shape: Shape, *, show: bool = True) -> Summary:
+def summary(
+    model: Layer, input_shape: Shape, *, show: bool = True, input_dtype: Any = jnp.float32
+) -> Summary:
     """Per-layer output shapes, parameter counts and FLOPs, without running the model.
 
     Args:
       model: a `Layer`.
       input_shape: the shape of one example, e.g. `(784,)`.
       show: print the table.
+      input_dtype: the dtype of one example, e.g. `jnp.int32` for a model
+        of token ids.
 
     Returns:
       A `Summary` (a NamedTuple with `rows` and totals); `str()` of it is the
@@ -119,7 +124,7 @@ def summary(model: Layer, input_shape: Shape, *, show: bool = True) -> Summary:
     """
     check_layer_type("summary", model)
     output_shape, params = param_shapes(model, input_shape)
-    steps = abstract_trace(model, params, input_shape)
+    steps = abstract_trace(model, params, input_shape, input_dtype)
     rows = []
     for step in steps:
         # residual and parallel add a step of their own after their
@@ -129,8 +134,8 @@ def summary(model: Layer, input_shape: Shape, *, show: bool = True) -> Summary:
             for other in steps
         )
         own = 0 if combinator else sum(leaf.size for leaf in jax.tree.leaves(step.params))
-        rows.append(SummaryRow(step.path, step.name, _shape_of(step.output), own,
-                               _flops(step, combinator)))
+        flops = step.layer.flops(step) if step.layer is not None else 0
+        rows.append(SummaryRow(step.path, step.name, shape_of(step.output), own, flops))
     leaves = jax.tree.leaves(params)
     result = Summary(
         name=model.name,
@@ -151,22 +156,3 @@ def _human_bytes(n: int) -> str:
         if n >= scale:
             return f"{n:,} bytes ({n / scale:.1f} {unit})"
     return f"{n:,} bytes"
-
-
-def _flops(step, combinator: bool) -> int:
-    params, output = step.params, step.output
-    if combinator:
-        return size(output.shape) if step.name.startswith("residual(") else 0
-    if isinstance(params, Mapping) and "W" in params:
-        out_features, in_features = params["W"].shape
-        per_row = 2 * in_features * out_features + (out_features if "b" in params else 0)
-        return size(step.input.shape[:-1]) * per_row
-    if isinstance(params, Mapping) and set(params) == {"scale", "offset"}:
-        return 7 * size(output.shape)
-    return 0
-
-
-def _shape_of(output: Any) -> Any:
-    if isinstance(output, (tuple, list)):
-        return tuple(_shape_of(o) for o in output)
-    return tuple(output.shape)

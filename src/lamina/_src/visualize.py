@@ -16,7 +16,7 @@ import math
 import os
 import re
 from importlib import resources
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 import jax
 import numpy as np
@@ -28,8 +28,6 @@ from lamina._src.params import check_layer_type
 
 _DECIMALS = 4
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-_SEGMENT = re.compile(r"(\w+)\[(\d+)\]")
-_ACT_IN_NAME = re.compile(r"\(\d+, (.+)\)")  # "Dense(4, relu)" -> "relu"
 
 # Geometry of the drawing, in pixels.
 _COL_GAP, _NODE_W, _NODE_H, _ROW, _TOP = 200, 80, 24, 34, 76
@@ -107,42 +105,31 @@ def visualize(
 
 def _page_data(model_name: str, x: Any, steps: list[TraceStep], max_nodes: int) -> dict:
     """Everything the page shows, as JSON-ready Python values."""
-    paths = [s.path for s in steps]
     records = []
     for k, s in enumerate(steps):
+        kind = s.layer.kind if s.layer is not None else "layer"
+        if kind == "dense" and s.weighted_sum is None:
+            kind = "layer"  # a layer that says dense but shows no weighted sum
         record = {
             "path": s.path,
             "name": s.name,
-            "depth": max(len(_segments(s.path)) - 1, 0),
+            "depth": max(len(s.index) - 1, 0),
             "input": _tensor(s.input),
             "output": _tensor(s.output),
+            "kind": kind,
+            # Column 0 is the input, column j + 1 is step j; a step that does
+            # not say where its input came from follows the step before it.
+            "sources": [k] if s.sources is None else [j + 1 for j in s.sources],
         }
-        residual = _last_under(paths, _join(s.path, "residual[0]"), k)
-        branches = _branch_columns(paths, s.path, k)
-        if _is_dense(s):
-            z = np.asarray(s.weighted_sum)
-            match = _ACT_IN_NAME.search(s.name)
-            act = match[1] if match else None
-            if act is None and not np.array_equal(z, np.asarray(s.output)):
-                act = "act"  # a user layer's activation whose name we cannot read
+        if kind == "dense":
             record.update(
-                kind="dense",
-                act=act,
+                act=s.act,
                 W=_tensor(s.params["W"]),
                 b=_tensor(s.params["b"]) if "b" in s.params else None,
-                z=_tensor(z),
+                z=_tensor(s.weighted_sum),
             )
-            sources = [_input_column(paths, s.path, k)]
-        elif residual is not None:
-            record["kind"] = "residual"
-            sources = [_input_column(paths, s.path, k), residual]
-        elif branches:
-            record["kind"] = "parallel"
-            sources = branches
-        else:
-            record.update(kind="layer", params=_named_leaves(s.params))
-            sources = [_input_column(paths, s.path, k)]
-        record["sources"] = sources
+        elif kind == "layer":
+            record["params"] = _named_leaves(s.params)
         records.append(record)
     return {
         "model": model_name,
@@ -151,14 +138,6 @@ def _page_data(model_name: str, x: Any, steps: list[TraceStep], max_nodes: int) 
         "input": _tensor(x),
         "steps": records,
     }
-
-
-def _is_dense(step: TraceStep) -> bool:
-    return (
-        step.weighted_sum is not None
-        and isinstance(step.params, Mapping)
-        and np.ndim(step.params.get("W")) == 2
-    )
 
 
 def _tensor(value: Any) -> dict:
@@ -203,49 +182,6 @@ def _shape_text(t: dict) -> str:
     if "parts" in t:
         return "(" + ", ".join(_shape_text(p) for p in t["parts"]) + ")"
     return str(tuple(t["shape"]))
-
-
-# Which column feeds which: column 0 is the input, column k + 1 is step k. A
-# step's path says where it sits (`serial[1].residual[0].serial[0]`); the
-# first child of a serial, the wrapped layer of a residual and every branch
-# of a parallel see their parent's input, a later child of a serial sees the
-# output of the child before it, which is the last step that ran inside it.
-
-
-def _segments(path: str) -> list[str]:
-    return path.split(".") if path else []
-
-
-def _join(parent: str, segment: str) -> str:
-    return f"{parent}.{segment}" if parent else segment
-
-
-def _last_under(paths: list[str], node: str, before: int) -> Optional[int]:
-    """The column of the last step inside `node` that ran before step `before`."""
-    for k in range(before - 1, -1, -1):
-        if paths[k] == node or paths[k].startswith(node + "."):
-            return k + 1
-    return None
-
-
-def _input_column(paths: list[str], node: str, k: int) -> int:
-    if not node:
-        return 0
-    parent, _, segment = node.rpartition(".")
-    match = _SEGMENT.fullmatch(segment)
-    if match and match[1] == "serial" and int(match[2]) > 0:
-        found = _last_under(paths, _join(parent, f"serial[{int(match[2]) - 1}]"), k)
-        return k if found is None else found
-    if match and match[1] in ("serial", "residual", "parallel"):
-        return _input_column(paths, parent, k)
-    return k  # a combinator lamina does not know: assume the step before feeds it
-
-
-def _branch_columns(paths: list[str], node: str, k: int) -> list[int]:
-    columns = []
-    while (c := _last_under(paths, _join(node, f"parallel[{len(columns)}]"), k)) is not None:
-        columns.append(c)
-    return columns
 
 
 def _page(data: dict) -> str:
