@@ -25,6 +25,7 @@ PUBLIC = [
     "load",
     "load_exported",
     "load_metadata",
+    "load_model",
     "LogSoftmax",
     "mlp",
     "parallel",

@@ -166,3 +166,18 @@ def test_init_rejects_bad_key_and_shape():
         lm.Dense(2).init(jax.random.key(0), 3)
     with pytest.raises(ValueError, match=r"at least 1 dimension.*got \(\)"):
         lm.Dense(2).init(jax.random.key(0), ())
+
+
+@pytest.mark.parametrize("w_init, variance", [
+    (jax.nn.initializers.he_normal(), 2 / 10),        # fan-in is in_features = 10
+    (jax.nn.initializers.lecun_normal(), 1 / 10),
+    (jax.nn.initializers.glorot_uniform(), 2 / (10 + 1000)),
+    (lm.initializers.he_normal(), 2 / 10),
+])
+def test_jax_and_lamina_initializers_get_the_variance_they_promise(w_init, variance):
+    # JAX's initializers read fan-in from axis -2, which is `out` in the
+    # (out, in) layout: called as they are, he_normal would give 2/1000.
+    _, params = lm.Dense(1000, w_init=w_init).init(jax.random.key(0), (10,))
+    W = np.asarray(params["W"], np.float64)
+    assert W.shape == (1000, 10)
+    np.testing.assert_allclose(W.var(), variance, rtol=0.06)

@@ -10,7 +10,7 @@ from lamina._src.activations import (
     Softmax,
     Tanh,
 )
-from lamina._src.checkpoint import load, load_metadata, save
+from lamina._src.checkpoint import load, load_metadata, load_model, save
 from lamina._src.combinators import Concat, mlp, parallel, residual, serial
 from lamina._src.dense import Dense, dense
 from lamina._src.dropout import Dropout
@@ -63,6 +63,7 @@ __all__ = [
     "load",
     "load_exported",
     "load_metadata",
+    "load_model",
     "LogSoftmax",
     "mlp",
     "parallel",

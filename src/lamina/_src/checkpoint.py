@@ -20,16 +20,18 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from lamina._src import config
 from lamina._src.files import write_atomically
 from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, layer_error
-from lamina._src.params import param_shapes, path_str
+from lamina._src.params import check_layer_type, param_shapes, path_str
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 FORMAT = "1"
 _RESERVED_PREFIX = "lamina."
 _VERSION_KEY, _FORMAT_KEY, _TREE_KEY = "lamina.version", "lamina.format", "lamina.tree"
+_MODEL_KEY = "lamina.model"
 
 # safetensors.numpy cannot read BF16 back (NumPy has no bfloat16), so files
 # are decoded here, with ml_dtypes (a jax dependency) supplying bfloat16.
@@ -48,13 +50,19 @@ _NEVER_UNPICKLE = (
 
 
 def save(
-    path: PathLike, params: Params, *, metadata: Optional[Mapping[str, str]] = None
+    path: PathLike,
+    params: Params,
+    *,
+    model: Optional[Layer] = None,
+    metadata: Optional[Mapping[str, str]] = None,
 ) -> None:
     """Writes `params` to a safetensors file, atomically.
 
     Each leaf becomes one tensor named by its tree path (`"0.W"`, `"2.b"`);
     the metadata records the lamina version and the tree's structure (JSON),
-    so `load(path)` rebuilds the tree without the model. The bytes go to a
+    so `load(path)` rebuilds the tree without the model. With `model`, its
+    configuration is recorded too (JSON under `"lamina.model"`, never code),
+    and `lm.load_model(path)` rebuilds model and params. The bytes go to a
     temporary file in the same folder, which is flushed to disk
     (`os.fsync`) and then renamed over `path`: a crash or a full disk during
     the save leaves any previous file at `path` intact, and no temporary file.
@@ -63,12 +71,18 @@ def save(
       path: the file to write, e.g. `"model.safetensors"`.
       params: a params tree of dicts (str keys), tuples and lists holding
         arrays (any dtype safetensors stores, bfloat16 included).
+      model: optional, the model the params belong to, recorded so that
+        `lm.load_model` can rebuild it. Every part must be one of lamina's
+        layers with named activations and lamina initializers.
       metadata: optional extra text metadata, `str -> str`; keys starting
         with `"lamina."` are reserved.
 
     Raises:
       TypeError: a leaf is not an array, a node is not a dict, tuple or list,
-        or metadata is not `str -> str`.
+        or metadata is not `str -> str`; or a part of `model` cannot be
+        recorded (a user-defined `lm.Layer`, an activation or initializer
+        given as a function): the message names its path, and nothing is
+        written.
       ValueError: a metadata key is reserved, or two leaves get the same name.
       OSError: writing failed (the previous file is left as it was).
 
@@ -86,6 +100,9 @@ def save(
     from lamina import __version__  # lazily: lamina/__init__.py imports this module
 
     header = {_VERSION_KEY: __version__, _FORMAT_KEY: FORMAT, _TREE_KEY: json.dumps(tree)}
+    if model is not None:
+        check_layer_type(where, model)
+        header[_MODEL_KEY] = config.to_json(model, where)
     header.update(_check_metadata(metadata, where))
     data = safetensors.numpy.save(tensors, metadata=header)
     write_atomically(os.fspath(path), data, where)
@@ -184,6 +201,47 @@ def load_metadata(path: PathLike) -> dict[str, str]:
     """
     where = f"load_metadata({os.fspath(path)!r})"
     return _read(path, where)[1]
+
+
+def load_model(path: PathLike) -> tuple[Layer, Params]:
+    """Rebuilds the model and params that `lm.save(path, params, model=model)` wrote.
+
+    The model comes from its recorded configuration (lamina's own public
+    constructors, called again; nothing from the file is run as code), so it
+    equals the saved model and gives bit-identical outputs with the params.
+
+    Args:
+      path: the file.
+
+    Returns:
+      `(model, params)`.
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+      ValueError: the file was saved without `model=`, or is not a lamina
+        checkpoint, or its model description is corrupted or names a layer
+        this lamina does not have.
+
+    Example:
+      >>> import os, tempfile, jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.serial(lm.Dense(4, act="tanh"), lm.LayerNorm(), lm.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
+      >>> lm.save(path, params, model=model)
+      >>> rebuilt, loaded = lm.load_model(path)
+      >>> rebuilt == model, bool((rebuilt.apply(loaded, jnp.ones(3)) == model.apply(params, jnp.ones(3))).all())
+      (True, True)
+    """
+    where = f"load_model({os.fspath(path)!r})"
+    metadata = _read(path, where)[1]
+    if _MODEL_KEY not in metadata:
+        raise layer_error(
+            where,
+            "the file holds no model description: it was saved without model= (or not "
+            "by lamina); load its params with lm.load(path, like=(model, input_shape))",
+        )
+    _check_format(metadata, where)
+    return config.from_json(metadata[_MODEL_KEY], where), load(path)
 
 
 def read_safetensors(path: PathLike, where: str) -> dict[str, np.ndarray]:
@@ -314,8 +372,11 @@ def _names(tensors: Mapping[str, Any]) -> str:
 
 
 def _read(path: PathLike, where: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise layer_error(where, f"no file at {os.fspath(path)!r}", FileNotFoundError) from None
     header = _header(data, where)
     try:
         views = safetensors.deserialize(data)

@@ -89,9 +89,6 @@ class _Combinator(Builtin):
         # same program and cannot drift apart.
         return self.trace(params, x, key=key)[0]
 
-    def _segment(self, i: int) -> str:
-        return f"{type(self).__name__}[{i}]"
-
 
 @frozen(init=False)
 class serial(_Combinator):
@@ -115,7 +112,7 @@ class serial(_Combinator):
         shape = input_shape
         params = []
         for i, (layer, k) in enumerate(zip(self.layers, _split(self.name, key, len(self.layers)))):
-            with child_context(self._segment(i), layer):
+            with child_context(self.child_segment(i), layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
         return shape, tuple(params)
@@ -126,9 +123,9 @@ class serial(_Combinator):
         feed = -1
         keys = _split(self.name, key, len(self.layers))
         for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
-            with child_context(self._segment(i), layer):
+            with child_context(self.child_segment(i), layer):
                 x, child_steps = layer.trace(p, x, key=k)
-            steps += nest(child_steps, self._segment(i), i, len(steps), feed)
+            steps += nest(child_steps, self.child_segment(i), i, len(steps), feed)
             feed = len(steps) - 1 if steps else feed
         return x, steps
 
@@ -152,7 +149,7 @@ class parallel(_Combinator):
         check_key(self.name, key)
         shapes, params = [], []
         for i, (layer, k) in enumerate(zip(self.layers, _split(self.name, key, len(self.layers)))):
-            with child_context(self._segment(i), layer):
+            with child_context(self.child_segment(i), layer):
                 shape, p = layer.init(k, input_shape)
             shapes.append(shape)
             params.append(p)
@@ -163,10 +160,10 @@ class parallel(_Combinator):
         outs, steps, ends = [], [], []
         keys = _split(self.name, key, len(self.layers))
         for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
-            with child_context(self._segment(i), layer):
+            with child_context(self.child_segment(i), layer):
                 y, child_steps = layer.trace(p, x, key=k)
             outs.append(y)
-            steps += nest(child_steps, self._segment(i), i, len(steps), -1)
+            steps += nest(child_steps, self.child_segment(i), i, len(steps), -1)
             ends.append(len(steps) - 1)
         y = tuple(outs)
         # Its own step shows the tuple it made, so no value is hidden.
@@ -201,7 +198,7 @@ class residual(Builtin):
     def init(self, key, input_shape):
         check_key(self.name, key)
         shape = check_input_shape(self.name, input_shape)
-        with child_context("residual[0]", self.layer):
+        with child_context(self.child_segment(0), self.layer):
             out_shape, p = self.layer.init(key, shape)
         if tuple(out_shape) != shape:
             raise layer_error(
@@ -217,10 +214,10 @@ class residual(Builtin):
     def trace(self, params, x, *, key=None):
         _check_child_params(self.name, params, 1)
         check_key(self.name, key, optional=True)
-        with child_context("residual[0]", self.layer):
+        with child_context(self.child_segment(0), self.layer):
             fx, child_steps = self.layer.trace(params[0], x, key=key)
         y = x + fx
-        steps = nest(child_steps, "residual[0]", 0, 0, -1)
+        steps = nest(child_steps, self.child_segment(0), 0, 0, -1)
         return y, steps + [TraceStep("", (), self.name, x, params, None, y, self, None,
                                      (-1, len(steps) - 1))]
 

@@ -8,7 +8,7 @@ For one example `x` of shape `(in,)` and weights `W` of shape `(out, in)`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -180,8 +180,8 @@ class Dense(Builtin):
     act: ActivationLike = None
     _: dataclasses.KW_ONLY
     use_bias: bool = True
-    w_init: Optional[initializers.Initializer] = None
-    b_init: Optional[initializers.Initializer] = None
+    w_init: Optional[Callable[..., jax.Array]] = None
+    b_init: Optional[Callable[..., jax.Array]] = None
     dtype: Optional[Any] = None
     param_dtype: Any = jnp.dtype(jnp.float32)
 

@@ -48,10 +48,11 @@ class LaminaError(Exception):
         where = " ".join(part for part in (self.path, self.layer) if part)
         return f"{where}: {self.message}" if where else self.message
 
-    def _under(self, segment: str) -> None:
+    def _under(self, segment: str) -> "LaminaError":
         """Moves the error one level down the model: `segment` goes in front of its path."""
         self.path = join_path(segment, self.path)
         self.args = (self._text(),)
+        return self
 
     def __reduce__(self):
         return _rebuild, (type(self), self.message, self.layer, self.path)

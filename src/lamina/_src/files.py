@@ -6,12 +6,14 @@ import contextlib
 import os
 import uuid
 
+from lamina._src.errors import layer_error
+
 
 def write_atomically(path: str, data: bytes, where: str) -> None:
     """Replaces `path` with `data` so that a failure at any point leaves the old file."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{where}: the folder {folder!r} does not exist")
+        raise layer_error(where, f"the folder {folder!r} does not exist", FileNotFoundError)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     # 0o666 lets the umask decide the new file's mode, as for any other file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)

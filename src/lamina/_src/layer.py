@@ -169,6 +169,10 @@ class Builtin(Layer):
         """The configuration: every field by name, as the constructor takes it."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def child_segment(self, i: int) -> str:
+        """The path segment of child layer `i`, e.g. `"serial[2]"` (`""`: none)."""
+        return f"{type(self).__name__}[{i}]"
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Builtin":
         """Builds the layer from `config()`'s dict."""

@@ -71,6 +71,9 @@ class with_dtype(Builtin):
     def name(self) -> str:
         return f"with_dtype({self.model.name}, {self.compute.name})"
 
+    def child_segment(self, i: int) -> str:
+        return ""  # the wrapped model's paths are the model's own
+
     def init(self, key, input_shape):
         return self.model.init(key, input_shape)
 
