@@ -22,7 +22,7 @@ import safetensors.numpy
 
 from lamina._src.files import write_atomically
 from lamina._src.layer import Layer, Params, layer_error
-from lamina._src.params import param_shapes, path_str
+from lamina._src.params import params_like, path_str
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -137,8 +137,7 @@ def load(path: PathLike, like: Any = None) -> Params:
         return params
     if _FORMAT_KEY in metadata:
         _check_format(metadata, where)
-    if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
-        like = param_shapes(like[0], like[1])[1]
+    like = params_like(like)
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
     leaves = []
     for key_path, want in flat:
