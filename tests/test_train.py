@@ -87,6 +87,22 @@ def test_per_example_grads(problem):
         chex.assert_trees_all_close(jax.tree.map(lambda g: g[i], grads), one, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("which", ["train_step", "per_example_grads"])
+def test_empty_batch_is_rejected_when_traced(problem, which):
+    model, params, xs, ys = problem
+    opt = optax.sgd(0.1)
+    if which == "train_step":
+        fn, args = lm.train_step(model, xent, opt), (params, opt.init(params))
+    else:
+        fn, args = lm.per_example_grads(model, xent), (params,)
+    pattern = which + r": batch is empty: 0 examples \(inputs of shape \(0, 4\) and targets of shape \(0,\)\)"
+    with pytest.raises(ValueError, match=pattern):
+        fn.lower(*args, (xs[:0], ys[:0]))  # tracing alone raises: nothing runs
+    with pytest.raises(ValueError, match=pattern):
+        fn(*args, (xs[:0], ys[:0]))
+    assert not params[0]["W"].is_deleted()  # rejected before anything was donated
+
+
 def test_accuracy_against_numpy():
     logits = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 0.5], [0.0, 0.0, 3.0], [1.0, 2.0, 0.0]])
     labels = np.array([1, 0, 1, 0])
