@@ -150,6 +150,21 @@ def test_unsupported_trees_are_refused(tmp_path, tree, cls, pattern):
         save(tmp_path / "m.safetensors", tree)
 
 
+def test_params_like_reads_a_model_pair_and_passes_a_tree(key):
+    from lamina._src.params import params_like
+
+    model = lm.serial(lm.Dense(8, act="relu"), lm.LayerNorm(), lm.Dense(3, use_bias=False))
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    expected = ({"W": f32(8, 5), "b": f32(8)}, {"scale": f32(8), "offset": f32(8)}, {"W": f32(3, 8)})
+    got = params_like((model, (5,)))
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for want, leaf in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        assert isinstance(leaf, jax.ShapeDtypeStruct)
+        assert (leaf.shape, leaf.dtype) == (want.shape, want.dtype)
+    tree = ({"W": np.ones((2, 2))}, {"b": np.zeros(2)})  # a pair, but not (model, shape)
+    assert params_like(tree) is tree
+
+
 def like_errors(key):
     model = lm.serial(lm.Dense(4), lm.Dense(2))
     _, params = model.init(key, (3,))

@@ -36,6 +36,21 @@ def test_forward_does_not_retrace(key):
         fwd(params, jnp.ones((6, 4)))  # a new shape must trace again: the counter works
 
 
+def test_forward_takes_nested_lists(key):
+    model = lm.serial(lm.Dense(3, act="relu"), lm.Dense(2))
+    _, params = model.init(key, (4,))
+    rows = [[1.0, -2.0, 0.5, 3.0], [0.0, 1.0, -1.0, 2.0], [4.0, 0.0, 0.0, -0.5]]
+    W0, b0, W1, b1 = (np.asarray(a, np.float64) for a in (params[0]["W"], params[0]["b"], params[1]["W"], params[1]["b"]))
+    ref = np.maximum(np.array(rows) @ W0.T + b0, 0) @ W1.T + b1
+    fwd = lm.forward(model)
+    y = fwd(params, rows)
+    chex.assert_shape(y, (3, 2))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, fwd(params, jnp.array(rows)))
+    # Lists are stacked inside the jitted function: fwd is still jax.jit's own.
+    assert type(fwd) is type(jax.jit(lambda x: x))
+
+
 def test_forward_rejects_unbatched_and_wrong_size(key):
     model = lm.mlp([8, 2])
     _, params = model.init(key, (4,))

@@ -87,6 +87,68 @@ def test_per_example_grads(problem):
         chex.assert_trees_all_close(jax.tree.map(lambda g: g[i], grads), one, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("which", ["train_step", "per_example_grads"])
+def test_empty_batch_is_rejected_when_traced(problem, which):
+    model, params, xs, ys = problem
+    opt = optax.sgd(0.1)
+    if which == "train_step":
+        fn, args = lm.train_step(model, xent, opt), (params, opt.init(params))
+    else:
+        fn, args = lm.per_example_grads(model, xent), (params,)
+    pattern = which + r": batch is empty: 0 examples \(inputs of shape \(0, 4\) and targets of shape \(0,\)\)"
+    with pytest.raises(ValueError, match=pattern):
+        fn.lower(*args, (xs[:0], ys[:0]))  # tracing alone raises: nothing runs
+    with pytest.raises(ValueError, match=pattern):
+        fn(*args, (xs[:0], ys[:0]))
+    assert not params[0]["W"].is_deleted()  # rejected before anything was donated
+
+
+def test_train_step_takes_nested_lists(problem):
+    model, params, xs, ys = problem
+    lr = 0.1
+    expected = jax.tree.map(lambda p, g: p - lr * g, params, jax.grad(hand_loss)(params, xs, ys))
+    opt = optax.sgd(lr)
+    step = lm.train_step(model, xent, opt)
+    copy = jax.tree.map(jnp.copy, params)
+    from_arrays, _, m_arrays = step(copy, opt.init(copy), (xs, ys))
+    copy = jax.tree.map(jnp.copy, params)
+    from_lists, _, m_lists = step(copy, opt.init(copy), [np.asarray(xs).tolist(), np.asarray(ys).tolist()])
+    chex.assert_trees_all_close(from_lists, expected, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_equal(from_lists, from_arrays)
+    np.testing.assert_array_equal(m_lists["loss"], m_arrays["loss"])
+
+
+def test_train_step_takes_weights_as_a_list():
+    # Weights (1, 0, 1): the loss is the mean over examples 0 and 2 only.
+    model = lm.Dense(1, use_bias=False)
+    xs, ys = [[1.0], [2.0], [3.0]], [[1.0], [5.0], [2.0]]
+    opt = optax.sgd(0.1)
+    step = lm.train_step(model, optax.squared_error, opt)
+    params = {"W": jnp.ones((1, 1))}
+    new, _, m = step(params, opt.init(params), (xs, ys), weights=[1.0, 0.0, 1.0])
+    # d/dw mean((w x - y)^2) over x = (1, 3), y = (1, 2) at w = 1: (0 + 2 * 1 * 3) / 2 = 3
+    np.testing.assert_allclose(m["loss"], (0.0 + 1.0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(new["W"][0, 0], 1.0 - 0.1 * 3.0, rtol=1e-6)
+
+
+def test_per_example_grads_takes_nested_lists(problem):
+    model, params, xs, ys = problem
+    grads = lm.per_example_grads(model, xent)
+    from_lists = grads(params, (np.asarray(xs).tolist(), np.asarray(ys).tolist()))
+    chex.assert_trees_all_equal(from_lists, grads(params, (xs, ys)))
+    one = jax.grad(hand_loss)(params, xs[2:3], ys[2:3])
+    chex.assert_trees_all_close(jax.tree.map(lambda g: g[2], from_lists), one, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_takes_nested_lists(problem):
+    model, params, xs, ys = problem
+    lists = (np.asarray(xs).tolist(), np.asarray(ys).tolist())
+    result = lm.evaluate(model, params, lists, loss_fn=xent, batch_size=3)
+    assert result == lm.evaluate(model, params, (xs, ys), loss_fn=xent, batch_size=3)
+    logits = np.asarray(hand_mlp(params, xs))
+    assert result["accuracy"] == (logits.argmax(1) == np.asarray(ys)).mean()
+
+
 def test_accuracy_against_numpy():
     logits = np.array([[0.1, 0.9, 0.0], [2.0, 1.0, 0.5], [0.0, 0.0, 3.0], [1.0, 2.0, 0.0]])
     labels = np.array([1, 0, 1, 0])

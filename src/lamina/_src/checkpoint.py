@@ -24,7 +24,7 @@ from lamina._src import config
 from lamina._src.files import write_atomically
 from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, layer_error
-from lamina._src.params import check_layer_type, param_shapes, path_str
+from lamina._src.params import check_layer_type, params_like, path_str
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -142,44 +142,54 @@ def load(path: PathLike, like: Any = None) -> Params:
     where = f"load({os.fspath(path)!r})"
     tensors, metadata = _read(path, where)
     if like is None:
-        if _TREE_KEY not in metadata:
-            return {name: jnp.asarray(tensors[name]) for name in sorted(tensors)}
-        _check_format(metadata, where)
-        used: set[str] = set()
-        params = _build(_tree_json(metadata, where), tensors, used, where)
-        extra = sorted(set(tensors) - used)
-        if extra:
-            raise layer_error(
-                where, f"corrupted lamina metadata: tensor {extra[0]!r} is not in the recorded tree"
-            )
-        return params
+        return _recorded_tree(tensors, metadata, where)
     if _FORMAT_KEY in metadata:
         _check_format(metadata, where)
-    if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
-        like = param_shapes(like[0], like[1])[1]
+    return _fill_like(tensors, params_like(like), where)
+
+
+def _recorded_tree(tensors: dict, metadata: Mapping[str, str], where: str) -> Params:
+    """The tree `save` recorded; a file not written by lamina gives `{name: array}`."""
+    if _TREE_KEY not in metadata:
+        return {name: jnp.asarray(tensors[name]) for name in sorted(tensors)}
+    _check_format(metadata, where)
+    used: set[str] = set()
+    params = _build(_tree_json(metadata, where), tensors, used, where)
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise layer_error(
+            where, f"corrupted lamina metadata: tensor {extra[0]!r} is not in the recorded tree"
+        )
+    return params
+
+
+def _fill_like(tensors: dict, like: Params, where: str) -> Params:
+    """`like`'s tree holding the file's tensors; every name, shape and dtype must match."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(like)
-    leaves = []
-    for key_path, want in flat:
-        name = path_str(key_path)
-        got = tensors.get(name)
-        want_shape, want_dtype = tuple(np.shape(want)), _dtype_of(want)
-        if got is None:
-            raise layer_error(
-                where,
-                f"missing tensor {name!r}: expected shape {want_shape} {want_dtype}; "
-                f"the file holds {_names(tensors)}",
-            )
-        if got.shape != want_shape or got.dtype != want_dtype:
-            raise layer_error(
-                where,
-                f"at {name!r}: expected shape {want_shape} {want_dtype} (from like), "
-                f"got shape {got.shape} {got.dtype}",
-            )
-        leaves.append(jnp.asarray(got))
+    leaves = [_tensor_like(tensors, path_str(key_path), want, where) for key_path, want in flat]
     extra = sorted(set(tensors) - {path_str(p) for p, _ in flat})
     if extra:
         raise layer_error(where, f"unexpected tensor {extra[0]!r}: it is not in like's tree")
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _tensor_like(tensors: dict, name: str, want: Any, where: str) -> jax.Array:
+    """The file's tensor `name`, which must have `want`'s shape and dtype."""
+    got = tensors.get(name)
+    want_shape, want_dtype = tuple(np.shape(want)), _dtype_of(want)
+    if got is None:
+        raise layer_error(
+            where,
+            f"missing tensor {name!r}: expected shape {want_shape} {want_dtype}; "
+            f"the file holds {_names(tensors)}",
+        )
+    if got.shape != want_shape or got.dtype != want_dtype:
+        raise layer_error(
+            where,
+            f"at {name!r}: expected shape {want_shape} {want_dtype} (from like), "
+            f"got shape {got.shape} {got.dtype}",
+        )
+    return jnp.asarray(got)
 
 
 def load_metadata(path: PathLike) -> dict[str, str]:

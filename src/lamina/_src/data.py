@@ -11,6 +11,16 @@ from lamina._src.layer import Layer, layer_error
 from lamina._src.params import param_shapes
 
 
+def as_array(value: Any) -> Any:
+    """A (nested) Python list as one array; anything else as it came.
+
+    Called inside jitted functions, where a list arrives as a list of
+    tracers: stacking it there costs nothing per call, since it runs only
+    while JAX traces, and arrays pass through untouched.
+    """
+    return jnp.asarray(value) if isinstance(value, list) else value
+
+
 def as_dataset(where: str, data: Any) -> tuple[Any, Any]:
     """Returns `data` as a pair of arrays `(inputs, targets)` of equal length.
 

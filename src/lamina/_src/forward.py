@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from lamina._src.data import as_array
 from lamina._src.layer import Layer, Params, TraceStep, check_key, layer_error
 from lamina._src.params import check_layer_type
 
@@ -26,7 +27,8 @@ def forward(model: Layer) -> Callable[..., jax.Array]:
 
     Returns:
       A jitted function taking params and `xs` of shape `(N, *input_shape)`
-      and returning outputs of shape `(N, *output_shape)`.
+      (an array or a nested Python list) and returning outputs of shape
+      `(N, *output_shape)`.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -44,6 +46,7 @@ def _jitted_forward(model: Layer) -> Callable[..., jax.Array]:
     # One jitted function per model, so `lm.forward(model)(params, xs)` written
     # inline (or lm.evaluate called every epoch) reuses its compiled program.
     def fwd(params: Params, xs: jax.Array, *, key: Optional[jax.Array] = None):
+        xs = as_array(xs)  # a nested list, as model.apply and lm.fit take
         if jnp.ndim(xs) < 1:
             raise layer_error(
                 model.name,

@@ -197,3 +197,21 @@ def check_params(
     )
     error._under(layer_path)
     raise error
+
+
+def params_like(like: Any) -> Params:
+    """The params tree that a `like=` argument describes.
+
+    Args:
+      like: a params tree (arrays or `jax.ShapeDtypeStruct` leaves), or a
+        `(model, input_shape)` pair.
+
+    Returns:
+      `like` itself, or for a `(model, input_shape)` pair the model's params
+      tree with a `jax.ShapeDtypeStruct` at every leaf (`param_shapes`, so
+      nothing is allocated).
+    """
+    if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
+        model, input_shape = like
+        return param_shapes(model, input_shape)[1]
+    return like

@@ -24,8 +24,8 @@ import ml_dtypes
 import numpy as np
 
 from lamina._src.checkpoint import read_safetensors
-from lamina._src.layer import Layer, Params, layer_error
-from lamina._src.params import param_shapes, path_str
+from lamina._src.layer import Params, layer_error
+from lamina._src.params import params_like, path_str
 
 # lamina kind -> (its params key -> torch's name)
 _TORCH_NAMES = {
@@ -80,8 +80,7 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
             f"{type(state_dict).__name__}",
             TypeError,
         )
-    if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
-        like = param_shapes(like[0], like[1])[1]
+    like = params_like(like)
     values = {}
     for path, kind, node, names in _pairs(_units(like, where), list(state), where):
         for key, torch_name in _TORCH_NAMES[kind].items():

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lamina._src.data import as_dataset, check_targets
+from lamina._src.data import as_array, as_dataset, check_targets
 from lamina._src.forward import apply_batch, forward
 from lamina._src.layer import Layer, Params, check_key, layer_error
 from lamina._src.params import check_layer_type, check_params
@@ -85,6 +85,23 @@ def _unpack_batch(where: str, batch: Any) -> tuple[Any, Any]:
     return batch[0], batch[1]
 
 
+def _batch_arrays(where: str, batch: Any) -> tuple[Any, Any]:
+    """A step's `(inputs, targets)`, lists stacked into arrays, checked at trace time.
+
+    Shapes are static under jit, so the check runs once per batch shape.
+    """
+    inputs, targets = (as_array(a) for a in _unpack_batch(where, batch))
+    shape = getattr(inputs, "shape", None)
+    if shape is not None and len(shape) >= 1 and shape[0] == 0:
+        got = f"inputs of shape {tuple(shape)}"
+        if hasattr(targets, "shape"):
+            got += f" and targets of shape {tuple(targets.shape)}"
+        raise layer_error(
+            where, f"batch is empty: 0 examples ({got}); pass at least one example"
+        )
+    return inputs, targets
+
+
 def _check_positive_ints(where: str, **values: Any) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -109,7 +126,8 @@ def _check_step_args(model: Layer, loss_fn: Any, optimizer: Any, where: str) -> 
 
 def _make_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation):
     def step(params, opt_state, batch, *, key=None, weights=None):
-        inputs, targets = _unpack_batch("train_step", batch)
+        inputs, targets = _batch_arrays("train_step", batch)
+        weights = as_array(weights)
         loss, grads = jax.value_and_grad(
             lambda p: _batch_loss(model, loss_fn, p, inputs, targets, key, weights)
         )(params)
@@ -162,9 +180,10 @@ def train_step(
     Returns:
       `step(params, opt_state, (inputs, targets), *, key=None, weights=None)
       -> (params, opt_state, {"loss": scalar})`. `inputs` and `targets` carry
-      a leading batch axis; a key turns on dropout; optional per-example
-      `weights` of shape `(N,)` give a weighted mean (0 masks an example out).
-      Compiled once per batch shape.
+      a leading batch axis (arrays or nested Python lists); a key turns on
+      dropout; optional per-example `weights` of shape `(N,)` give a weighted
+      mean (0 masks an example out). Compiled once per batch shape. The step
+      raises a `ValueError` when traced with an empty batch.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, lamina as lm
@@ -195,6 +214,8 @@ def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
     Returns:
       `grads(params, (inputs, targets))`: a params-shaped tree whose leaves
       have a leading batch axis, e.g. `grads[0]["W"]` of shape `(N, out, in)`.
+      `inputs` and `targets` are arrays or nested Python lists; an empty
+      batch raises a `ValueError`.
     """
     _check_step_args(model, loss_fn, None, "per_example_grads")
 
@@ -203,7 +224,7 @@ def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
 
     @jax.jit
     def grads(params, batch):
-        inputs, targets = _unpack_batch("per_example_grads", batch)
+        inputs, targets = _batch_arrays("per_example_grads", batch)
         return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, inputs, targets)
 
     return grads
