@@ -75,14 +75,16 @@ def main(argv=None):
     print()
 
     path = os.path.join(args.out, "mlp.safetensors")
-    lm.save(path, params, metadata={"epochs": str(args.epochs), "accuracy": f"{accuracy:.4f}"})
+    lm.save(path, params, model=model,
+            metadata={"epochs": str(args.epochs), "accuracy": f"{accuracy:.4f}"})
     restored = lm.load(path, like=(model, (4,)))
     exact = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)))
+    rebuilt, _ = lm.load_model(path)  # the model too, from its recorded configuration
     meta = lm.load_metadata(path)
     names = sorted(safetensors.numpy.load_file(path))  # a plain safetensors file to any reader
     print(f"saved {path} ({os.path.getsize(path):,} bytes), tensors {names}")
     print(f"metadata: lamina {meta['lamina.version']}, epochs {meta['epochs']}, accuracy {meta['accuracy']}")
-    print(f"reloaded bit for bit: {exact}\n")
+    print(f"reloaded bit for bit: {exact}; rebuilt the model: {rebuilt}, equal: {rebuilt == model}\n")
 
     torch_diff = exchange_with_torch(model, restored, xs[:64])
 

@@ -38,6 +38,7 @@ def test_checkpoints_and_interop(tmp_path, capsys):
     assert "parameter memory: 524 bytes" in out
     assert "tensors ['0.W', '0.b', '1.W', '1.b']" in out
     assert "reloaded bit for bit: True" in out
+    assert "rebuilt the model: serial(Dense(16, act='relu'), Dense(3)), equal: True" in out
     assert "epochs 5" in out
     assert f"classes {reference[:5].argmax(1).tolist()}" in out
     assert result["torch_max_diff"] is not None and result["torch_max_diff"] < 1e-5

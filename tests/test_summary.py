@@ -2,6 +2,7 @@
 
 import time
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -90,3 +91,31 @@ def test_errors_name_the_layer():
         summary(lm.Relu, (3,))
     with pytest.raises(TypeError, match=r"serial\[0\] Dense\(4\): input_shape must be a tuple of ints"):
         summary(lm.mlp([4]), 3)
+
+
+def test_a_user_layer_with_a_non_matrix_W_is_counted_without_crashing():
+    # It used to be taken for a Dense layer by its key "W" and crash.
+    odd = lm.Layer(lambda k, s: (s, {"W": jnp.ones((2, 2, 3), jnp.float32)}),
+                   lambda p, x, *, key=None: x * p["W"], "Odd")
+    info = summary(lm.serial(odd, lm.Flatten(), lm.Dense(4)), (2, 2, 3), show=False)
+    assert [r.params for r in info.rows] == [12, 0, 4 * 12 + 4]
+    assert [r.flops for r in info.rows] == [0, 0, 2 * 12 * 4 + 4]
+
+
+def test_integer_inputs_with_input_dtype():
+    # A token-id model: a lookup table, then a dense layer over the mean.
+    def init(key, shape):
+        return (8,), {"table": jnp.ones((10, 8), jnp.float32)}
+
+    def apply(params, ids, *, key=None):
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"expected integer ids, got {ids.dtype}")
+        return params["table"][ids].mean(axis=0)
+
+    model = lm.serial(lm.Layer(init, apply, "Lookup"), lm.Dense(3))
+    info = summary(model, (5,), show=False, input_dtype=jnp.int32)
+    assert info.params == 80 + 8 * 3 + 3 and info.output_shape == (3,)
+    lm.check_params(model, model.init(jax.random.key(0), (5,))[1], (5,), input_dtype=jnp.int32)
+    assert lm.param_shapes(model, (5,), input_dtype=jnp.int32)[0] == (3,)
+    with pytest.raises(TypeError, match="expected integer ids"):
+        summary(model, (5,), show=False)  # float32 by default

@@ -24,6 +24,7 @@ import ml_dtypes
 import numpy as np
 
 from lamina._src.checkpoint import read_safetensors
+from lamina._src.errors import transposed_hint
 from lamina._src.layer import Params, layer_error
 from lamina._src.params import params_like, path_str
 
@@ -92,7 +93,7 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
                 raise layer_error(
                     where,
                     f"torch {torch_key!r} has shape {got}, but lamina {lamina_path!r} "
-                    f"({kind}) expects {want}{_transposed_hint(want, got)}",
+                    f"({kind}) expects {want}{transposed_hint(want, got)}",
                 )
             values[lamina_path] = jnp.asarray(state[torch_key], dtype=node[key].dtype)
     return jax.tree_util.tree_map_with_path(lambda p, _: values[path_str(p)], like)
@@ -153,7 +154,7 @@ def to_torch(
                     where,
                     f"lamina {path_str(path + (key,))!r} has shape {value.shape}, but torch "
                     f"{torch_key!r} expects {shapes[torch_key]}"
-                    f"{_transposed_hint(shapes[torch_key], value.shape)}",
+                    f"{transposed_hint(shapes[torch_key], value.shape)}",
                 )
             values[torch_key] = value
     return {k: values[k] for k in like}
@@ -245,9 +246,3 @@ def _to_numpy(value: Any) -> np.ndarray:
             return value.float().numpy().astype(ml_dtypes.bfloat16)
         return value.numpy()
     return np.asarray(value)
-
-
-def _transposed_hint(want: tuple, got: tuple) -> str:
-    if len(want) == 2 and want == got[::-1]:
-        return " (transposed? lamina and torch both store W as (out, in); no .T is needed)"
-    return ""
