@@ -10,6 +10,7 @@ can be taken apart and rebuilt.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -80,8 +81,8 @@ class _Combinator(Builtin):
     def from_config(cls, config):
         return cls(*config["layers"])
 
-    @property
-    def name(self) -> str:
+    @functools.cached_property
+    def name(self) -> str:  # cached: a deep model's name is long, and errors ask for it
         return f"{type(self).__name__}({', '.join(layer.name for layer in self.layers)})"
 
     def apply(self, params, x, *, key=None):
@@ -191,7 +192,7 @@ class residual(Builtin):
     def __post_init__(self):
         _check_layers("residual", (self.layer,))
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         return f"residual({self.layer.name})"
 
