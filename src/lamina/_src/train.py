@@ -453,10 +453,12 @@ def _check_finite(losses: list, epoch: int, epochs: int, steps: int) -> None:
     values = np.asarray(jax.device_get(losses))
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise FloatingPointError(
-            f"fit: the loss became {values[bad[0]]} at epoch {epoch + 1}/{epochs}, "
+        raise layer_error(
+            "fit",
+            f"the loss became {values[bad[0]]} at epoch {epoch + 1}/{epochs}, "
             f"step {bad[0] + 1}/{steps}. Check the inputs and targets for extreme "
-            f"values, or lower the learning rate."
+            f"values, or lower the learning rate.",
+            FloatingPointError,
         )
 
 
