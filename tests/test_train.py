@@ -1,5 +1,7 @@
 """train_step, fit, evaluate, accuracy and per_example_grads against independent math."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -298,14 +300,21 @@ def test_fit_rejects_bad_data(data, error, pattern):
                key=jax.random.key(0), progress=False)
 
 
-def test_fit_stops_on_non_finite_loss():
+@pytest.mark.parametrize("progress", [False, True])  # the bar checks the loss on its own path
+def test_fit_stops_on_non_finite_loss(progress):
     model = lm.Dense(1)
     _, params = model.init(jax.random.key(0), (2,))
     xs = np.full((32, 2), 100.0, np.float32)
     ys = np.ones((32, 1), np.float32)
-    with pytest.raises(FloatingPointError, match=r"fit: the loss became (inf|nan) at epoch \d+/50, step \d+/4"):
+    with pytest.raises(FloatingPointError, match=r"fit: the loss became (inf|nan) at epoch \d+/50, step \d+/4") as info:
         lm.fit(model, params, optax.sgd(10.0), (xs, ys), loss_fn=optax.squared_error, epochs=50,
-               batch_size=8, key=jax.random.key(0), progress=False)
+               batch_size=8, key=jax.random.key(0), progress=progress)
+    # The whole message, named once by where it came from.
+    assert re.fullmatch(
+        r"fit: the loss became (inf|nan) at epoch \d+/50, step \d+/4\. Check the inputs and "
+        r"targets for extreme values, or lower the learning rate\.",
+        str(info.value),
+    ), str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ example of the batch (`jax.vmap` of `apply`).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -341,61 +341,78 @@ def fit(
     _check_step_args(model, loss_fn, optimizer, "fit")
     _check_positive_ints("fit", epochs=epochs, batch_size=batch_size)
     check_key("fit", key)
+    train, evaluation = _fit_data(model, params, train_data, eval_data, metrics)
+    batches = _plan_batches(model, params, loss_fn, train, batch_size)
+    step = _make_fit_step(_make_step(model, loss_fn, optimizer))
+    fwd = forward(model)
+    opt_state = optimizer.init(params)
+    history: dict[str, list[float]] = {"train_loss": []}
+    bar = _Progress(progress, epochs, batches.steps)
+    for epoch in range(epochs):
+        key, shuffle_key, dropout_key = jax.random.split(key, 3)
+        order = _epoch_order(shuffle_key, batches)
+        params, opt_state, losses = _run_epoch(
+            step, params, opt_state, train, order, dropout_key, batches, bar, epoch
+        )
+        _check_finite(losses, epoch, epochs, batches.steps)
+        history["train_loss"].append(batches.mean(losses))
+        if evaluation is not None:
+            result = _evaluate(fwd, params, evaluation.inputs, evaluation.targets, loss_fn,
+                               batches.size, evaluation.metrics)
+            for name, value in result.items():
+                history.setdefault(f"eval_{name}", []).append(value)
+            bar.evaluated(result)
+    bar.close()
+    return params, history
+
+
+class _EvalData(NamedTuple):
+    """fit's `eval_data`, checked, with the metrics to compute on it."""
+
+    inputs: jax.Array
+    targets: jax.Array
+    metrics: dict[str, Metric]
+
+
+def _fit_data(model, params, train_data, eval_data, metrics):
+    """Checks fit's data: `((inputs, targets), _EvalData or None)` as arrays."""
     inputs, targets = as_dataset("fit: train_data", train_data)
     check_params(model, params, inputs.shape[1:])
     check_targets("fit: train_data", model, inputs, targets)
-    evaluation = None
-    if eval_data is not None:
-        eval_inputs, eval_targets = as_dataset("fit: eval_data", eval_data)
-        check_targets("fit: eval_data", model, eval_inputs, eval_targets)
-        evaluation = (eval_inputs, eval_targets, _default_metrics(metrics, eval_targets))
+    if eval_data is None:
+        return (inputs, targets), None
+    eval_inputs, eval_targets = as_dataset("fit: eval_data", eval_data)
+    check_targets("fit: eval_data", model, eval_inputs, eval_targets)
+    return (inputs, targets), _EvalData(
+        eval_inputs, eval_targets, _default_metrics(metrics, eval_targets)
+    )
 
+
+class _Batches(NamedTuple):
+    """How fit cuts `n` examples into `steps` batches of `size` every epoch.
+
+    With `masked`, the last partial batch is padded and its padding masked
+    out of the loss; without (a `loss_fn` returning a scalar cannot be
+    masked), the last partial batch is dropped.
+    """
+
+    n: int
+    size: int
+    steps: int
+    masked: bool
+
+    def mean(self, losses: list) -> float:
+        """The epoch's loss: the steps' losses weighted by their examples."""
+        sizes = [min(self.size, self.n - i * self.size) for i in range(self.steps)]
+        return float(np.average(np.asarray(jax.device_get(losses)), weights=sizes))
+
+
+def _plan_batches(model, params, loss_fn, train, batch_size) -> _Batches:
+    inputs, targets = train
     n = inputs.shape[0]
-    batch_size = min(batch_size, n)
-    scalar_loss = _returns_scalar(model, params, loss_fn, inputs, targets, batch_size)
-    steps = n // batch_size if scalar_loss else math.ceil(n / batch_size)
-    opt_state = optimizer.init(params)
-    step = _make_fit_step(_make_step(model, loss_fn, optimizer))
-    fwd = forward(model)
-    history: dict[str, list[float]] = {"train_loss": []}
-    bar = _progress_bar(epochs * steps, progress)
-    sizes = [min(batch_size, n - i * batch_size) for i in range(steps)]
-    for epoch in range(epochs):
-        key, shuffle_key, dropout_key = jax.random.split(key, 3)
-        order = jax.random.permutation(shuffle_key, n)
-        pad = steps * batch_size - n
-        if pad > 0:  # padding rows repeat example 0 and are masked out of the loss
-            order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)])
-        order = order[: steps * batch_size].reshape(steps, batch_size)
-        losses = []
-        for i in range(steps):
-            params, opt_state, out = step(
-                params, opt_state, inputs, targets, order, n, i, dropout_key,
-                masked=not scalar_loss,
-            )
-            losses.append(out["loss"])
-            if bar is not None:
-                if i == steps - 1 or i % 10 == 0:
-                    _check_finite(losses, epoch, epochs, steps)
-                    bar.set_description(f"epoch {epoch + 1}/{epochs}")
-                    bar.set_postfix(step=f"{i + 1}/{steps}", loss=f"{float(out['loss']):.4f}")
-                bar.update(1)
-        _check_finite(losses, epoch, epochs, steps)
-        history["train_loss"].append(
-            float(np.average(np.asarray(jax.device_get(losses)), weights=sizes))
-        )
-        if evaluation is not None:
-            eval_inputs, eval_targets, eval_metrics = evaluation
-            result = _evaluate(fwd, params, eval_inputs, eval_targets, loss_fn,
-                               batch_size, eval_metrics)
-            for name, value in result.items():
-                history.setdefault(f"eval_{name}", []).append(value)
-            if bar is not None:
-                bar.set_postfix(eval_loss=f"{result['loss']:.4f}",
-                                **{k: f"{v:.4f}" for k, v in result.items() if k != "loss"})
-    if bar is not None:
-        bar.close()
-    return params, history
+    size = min(batch_size, n)
+    masked = not _returns_scalar(model, params, loss_fn, inputs, targets, size)
+    return _Batches(n, size, math.ceil(n / size) if masked else n // size, masked)
 
 
 def _returns_scalar(model, params, loss_fn, inputs, targets, batch_size) -> bool:
@@ -406,20 +423,71 @@ def _returns_scalar(model, params, loss_fn, inputs, targets, batch_size) -> bool
     return loss.ndim == 0
 
 
+def _epoch_order(key: jax.Array, batches: _Batches) -> jax.Array:
+    """The epoch's shuffled example indices, shape `(steps, size)`."""
+    order = jax.random.permutation(key, batches.n)
+    total = batches.steps * batches.size
+    if total > batches.n:  # padding rows repeat example 0 and are masked out of the loss
+        order = jnp.concatenate([order, jnp.zeros((total - batches.n,), order.dtype)])
+    return order[:total].reshape(batches.steps, batches.size)
+
+
+def _run_epoch(step, params, opt_state, train, order, key, batches, bar, epoch):
+    """One pass over `order`, one jitted step per batch.
+
+    Returns the new params and optimizer state and the steps' losses, still
+    on the device: nothing here waits for a step unless the bar shows it.
+    """
+    inputs, targets = train
+    losses = []
+    for i in range(batches.steps):
+        params, opt_state, out = step(
+            params, opt_state, inputs, targets, order, batches.n, i, key, masked=batches.masked
+        )
+        losses.append(out["loss"])
+        bar.step_done(epoch, i, losses)
+    return params, opt_state, losses
+
+
 def _check_finite(losses: list, epoch: int, epochs: int, steps: int) -> None:
     values = np.asarray(jax.device_get(losses))
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise FloatingPointError(
-            f"fit: the loss became {values[bad[0]]} at epoch {epoch + 1}/{epochs}, "
+        raise layer_error(
+            "fit",
+            f"the loss became {values[bad[0]]} at epoch {epoch + 1}/{epochs}, "
             f"step {bad[0] + 1}/{steps}. Check the inputs and targets for extreme "
-            f"values, or lower the learning rate."
+            f"values, or lower the learning rate.",
+            FloatingPointError,
         )
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _Progress:
+    """fit's tqdm bar: epoch, step and loss, then the eval results; off, it does nothing."""
 
-    return tqdm(total=total, unit="step", leave=True)
+    def __init__(self, enabled: bool, epochs: int, steps: int):
+        self.epochs, self.steps = epochs, steps
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=epochs * steps, unit="step", leave=True)
+
+    def step_done(self, epoch: int, i: int, losses: list) -> None:
+        if self._bar is None:
+            return
+        if i == self.steps - 1 or i % 10 == 0:
+            # Showing the loss waits for it anyway, so check it on the way.
+            _check_finite(losses, epoch, self.epochs, self.steps)
+            self._bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
+            self._bar.set_postfix(step=f"{i + 1}/{self.steps}", loss=f"{float(losses[-1]):.4f}")
+        self._bar.update(1)
+
+    def evaluated(self, result: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(eval_loss=f"{result['loss']:.4f}",
+                                  **{k: f"{v:.4f}" for k, v in result.items() if k != "loss"})
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
