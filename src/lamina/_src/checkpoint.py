@@ -243,7 +243,7 @@ def load_model(path: PathLike) -> tuple[Layer, Params]:
       (True, True)
     """
     where = f"load_model({os.fspath(path)!r})"
-    metadata = _read(path, where)[1]
+    tensors, metadata = _read(path, where)
     if _MODEL_KEY not in metadata:
         raise layer_error(
             where,
@@ -251,7 +251,7 @@ def load_model(path: PathLike) -> tuple[Layer, Params]:
             "by lamina); load its params with lm.load(path, like=(model, input_shape))",
         )
     _check_format(metadata, where)
-    return config.from_json(metadata[_MODEL_KEY], where), load(path)
+    return config.from_json(metadata[_MODEL_KEY], where), _recorded_tree(tensors, metadata, where)
 
 
 def read_safetensors(path: PathLike, where: str) -> dict[str, np.ndarray]:
