@@ -23,8 +23,8 @@ import safetensors.numpy
 from lamina._src import config
 from lamina._src.files import write_atomically
 from lamina._src.errors import LaminaError
-from lamina._src.layer import Layer, Params, layer_error
-from lamina._src.params import check_layer_type, params_like, path_str
+from lamina._src.layer import Layer, Params, check_layer_type, layer_error
+from lamina._src.params import params_like, path_str
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -24,6 +24,7 @@ from lamina._src.layer import (
     Layer,
     TraceStep,
     check_input_shape,
+    check_layer_type,
     check_key,
     frozen,
     nest,
@@ -35,14 +36,7 @@ def _check_layers(where: str, layers: Sequence[Any]) -> tuple[Layer, ...]:
     if not layers:
         raise layer_error(where, "needs at least one layer, got none")
     for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            hint = " (did you forget to call it, e.g. lm.Relu()?)" if callable(layer) else ""
-            raise layer_error(
-                where,
-                f"argument {i} must be a lamina Layer, got "
-                f"{type(layer).__name__} {layer!r}{hint}",
-                TypeError,
-            )
+        check_layer_type(where, layer, f"argument {i} must be a lamina Layer")
     return tuple(layers)
 
 

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lamina._src.forward import apply_batch
-from lamina._src.layer import Layer, Params, Shape, check_input_shape, layer_error
-from lamina._src.params import check_layer_type, check_params
+from lamina._src.layer import Layer, Params, Shape, check_input_shape, check_layer_type, layer_error
+from lamina._src.params import check_params
 
 
 def export(

@@ -258,6 +258,18 @@ def nest(steps: list[TraceStep], segment: str, i: int, offset: int, feed: int) -
     return out
 
 
+def check_layer_type(
+    where: str, model: Any, expected: str = "expected a lamina Layer such as lm.mlp([10])"
+) -> Layer:
+    """Raises a TypeError unless `model` is a lamina `Layer`."""
+    if not isinstance(model, Layer):
+        hint = " (did you forget to call it, e.g. lm.Relu()?)" if callable(model) else ""
+        raise layer_error(
+            where, f"{expected}, got {type(model).__name__} {model!r}{hint}", TypeError
+        )
+    return model
+
+
 def check_input_shape(name: str, input_shape: Any, min_rank: int = 0) -> Shape:
     """Returns `input_shape` as a tuple of ints, or raises naming the layer."""
     if isinstance(input_shape, int) or not hasattr(input_shape, "__iter__"):

@@ -8,20 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from lamina._src.errors import transposed_hint
-from lamina._src.layer import Layer, Params, Shape, layer_error
-
-
-def check_layer_type(where: str, model: Any) -> Layer:
-    """Raises a TypeError unless `model` is a lamina `Layer`."""
-    if not isinstance(model, Layer):
-        hint = " (did you forget to call it, e.g. lm.Relu()?)" if callable(model) else ""
-        raise layer_error(
-            where,
-            f"expected a lamina Layer such as lm.mlp([10]), got "
-            f"{type(model).__name__} {model!r}{hint}",
-            TypeError,
-        )
-    return model
+from lamina._src.layer import Layer, Params, Shape, check_layer_type, layer_error
 
 
 def param_shapes(

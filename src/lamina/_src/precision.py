@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from lamina._src.errors import layer_error
-from lamina._src.layer import Builtin, Layer, frozen
+from lamina._src.layer import Builtin, Layer, check_layer_type, frozen
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
@@ -48,13 +48,7 @@ class with_dtype(Builtin):
     compute: Any = jnp.dtype(jnp.bfloat16)
 
     def __post_init__(self):
-        if not isinstance(self.model, Layer):
-            raise layer_error(
-                "with_dtype",
-                f"expected a lamina Layer such as lm.mlp([10]), got "
-                f"{type(self.model).__name__} {self.model!r}",
-                TypeError,
-            )
+        check_layer_type("with_dtype", self.model)
         try:
             compute = jnp.dtype(self.compute)
         except TypeError:

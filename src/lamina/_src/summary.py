@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.layer import Layer, Shape, shape_of
-from lamina._src.params import abstract_trace, check_layer_type, param_shapes
+from lamina._src.layer import Layer, Shape, check_layer_type, shape_of
+from lamina._src.params import abstract_trace, param_shapes
 
 
 class SummaryRow(NamedTuple):

@@ -17,8 +17,8 @@ import optax
 
 from lamina._src.data import as_array, as_dataset, check_targets
 from lamina._src.forward import apply_batch, forward
-from lamina._src.layer import Layer, Params, check_key, layer_error
-from lamina._src.params import check_layer_type, check_params
+from lamina._src.layer import Layer, Params, check_key, check_layer_type, layer_error
+from lamina._src.params import check_params
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
