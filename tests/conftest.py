@@ -13,9 +13,9 @@ def key():
 @pytest.fixture
 def x64():
     """Float64 inside the test: finite differences need it to be exact enough."""
-    # jax.enable_x64 replaced jax.experimental.enable_x64 (jax >= 0.7).
-    enable = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
-    with enable(True):
+    from lamina._src.testing import enable_x64  # here: lamina.testing loads lazily
+
+    with enable_x64(True):
         yield
 
 

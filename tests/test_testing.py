@@ -19,6 +19,7 @@ from jax.test_util import check_grads
 
 import lamina as lm
 from lamina import testing
+from lamina._src.testing import enable_x64
 
 ALL_LAYERS = [
     (lm.Dense(3), (4,)),
@@ -72,6 +73,48 @@ def test_a_user_layer_passes():
         return jnp.tanh(x @ params["M"].T)
 
     testing.check_layer(lm.Layer(init, apply, "Tanh2"), (5,))
+
+
+def _attention(wrong_grad=False):
+    """Single-head self-attention over `(tokens, features)` via jax.nn.dot_product_attention.
+
+    Its softmax runs in float32 even for float64 input, so the layer computes
+    in float32 internally whatever its output dtype. With `wrong_grad`, a
+    custom_vjp on the output returns 1.1 times the true cotangent.
+    """
+
+    @jax.custom_vjp
+    def off_by_ten_percent(y):
+        return y
+
+    off_by_ten_percent.defvjp(lambda y: (y, None), lambda _, g: (1.1 * g,))
+
+    def init(key, input_shape):
+        features = input_shape[-1]
+        keys = jax.random.split(key, 3)
+        return input_shape, {n: jax.random.normal(k, (features, features)) / np.sqrt(features)
+                             for n, k in zip("qkv", keys)}
+
+    def apply(params, x, *, key=None):
+        q, k, v = (x @ params[n].T for n in "qkv")
+        y = jax.nn.dot_product_attention(q[:, None, :], k[:, None, :], v[:, None, :])[:, 0, :]
+        return off_by_ten_percent(y) if wrong_grad else y
+
+    return lm.Layer(init, apply, "BadGradAttention" if wrong_grad else "SelfAttention")
+
+
+def test_a_layer_computing_in_float32_inside_passes():
+    layer = _attention()
+    testing.check_layer(layer, (4, 3))
+    # ...where float64 finite differences at float64 tolerances fail: the
+    # float32 softmax inside leaves only about 7 digits.
+    _, params = layer.init(jax.random.key(1), (4, 3))
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    with enable_x64(True):
+        params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+        with pytest.raises(AssertionError):
+            check_grads(lambda p, x: layer.apply(p, x), (params, x), order=1, modes=["rev"],
+                        eps=1e-6, atol=1e-5, rtol=1e-5)
 
 
 # Deliberately broken layers, at least one per property.
@@ -161,6 +204,10 @@ BROKEN = [
     (_layer(lambda p, x, *, key=None: jax.pure_callback(
         np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="sequential"), "HostSin"),
      (3,), "gradient", [r"HostSin", r"jax\.vjp raised ValueError", r"Pure callbacks do not support JVP"]),
+    # Computes in float32 inside (its softmax): the relaxed tolerance still
+    # catches a 10% error.
+    (_attention(wrong_grad=True), (4, 3), "gradient",
+     [r"BadGradAttention", r"with respect to params and input differ", r"step 0\.001, tolerance 0\.01"]),
     (_layer(lambda p, x, *, key=None: jnp.sqrt(jnp.abs(x) - jnp.abs(x)), "SqrtZero"), (3,), "gradient",
      [r"SqrtZero", r"gradient with respect to input holds NaN or infinity"]),
     (_layer(lambda p, x, *, key=None: x.astype(jnp.float16), "HalfOut"), (3,), "dtype",
@@ -187,6 +234,119 @@ def test_broken_layer_is_caught_naming_the_property(layer, input_shape, prop, fr
 
 def test_every_property_has_a_broken_layer():
     assert {row[2] for row in BROKEN} == set(testing.PROPERTIES)
+
+
+def _sin_in_float32(x):
+    return jnp.sin(3 * x.astype(jnp.float32)).astype(x.dtype)
+
+
+def _custom_jvp_sin():
+    f = jax.custom_jvp(_sin_in_float32)
+    f.defjvp(lambda p, t: (f(p[0]), (3 * jnp.cos(3 * p[0].astype(jnp.float32))).astype(p[0].dtype) * t[0]))
+    return f
+
+
+def _custom_vjp_sin():
+    f = jax.custom_vjp(_sin_in_float32)
+    f.defvjp(lambda x: (f(x), x),
+             lambda x, g: ((3 * jnp.cos(3 * x.astype(jnp.float32))).astype(x.dtype) * g,))
+    return f
+
+
+# Float32 compute hidden one level down, where a walk of the top-level jaxpr
+# alone would see only float64.
+HIDDEN_FLOAT32 = {
+    "jit": jax.jit(_sin_in_float32),
+    "checkpoint": jax.checkpoint(_sin_in_float32),
+    "cond": lambda x: jax.lax.cond(x[0] > -100.0, _sin_in_float32, lambda x: x, x),
+    "scan": lambda x: jax.lax.scan(lambda c, _: (_sin_in_float32(c), None), x, length=2)[0],
+    "custom_jvp": _custom_jvp_sin(),
+    "custom_vjp": _custom_vjp_sin(),
+}
+
+
+@pytest.mark.parametrize("where", sorted(HIDDEN_FLOAT32))
+def test_float32_compute_is_found_inside_sub_jaxprs(where):
+    fn = HIDDEN_FLOAT32[where]
+    testing.check_layer(_layer(lambda p, x, *, key=None: fn(x), f"Sin32In_{where}"), (3,))
+
+
+def test_integer_input_is_drawn_in_range():
+    seen = []
+
+    def init(key, input_shape):
+        return input_shape + (2,), {"W": jax.random.normal(key, (7, 2))}
+
+    def apply(params, ids, *, key=None):
+        seen.append(ids)
+        return params["W"][ids]
+
+    layer = lm.Layer(init, apply, "Embed7")
+    testing.check_layer(layer, (5,), input_dtype=jnp.int32)
+    concrete = [np.asarray(a) for a in seen if not isinstance(a, jax.core.Tracer)]
+    assert {a.dtype for a in concrete} == {np.dtype("int32")}
+    assert set(np.concatenate([a.ravel() for a in concrete]).tolist()) == {0, 1}  # [0, 2)
+    seen.clear()
+    testing.check_layer(layer, (40,), input_dtype=jnp.int32, int_high=7)
+    concrete = [np.asarray(a) for a in seen if not isinstance(a, jax.core.Tracer)]
+    assert set(np.concatenate([a.ravel() for a in concrete]).tolist()) == set(range(7))
+
+
+def _embedding(frozen=False, dtype=jnp.float32):
+    def init(key, input_shape):
+        return input_shape + (3,), {"W": jax.random.normal(key, (2, 3), dtype)}
+
+    def apply(params, ids, *, key=None):
+        table = jax.lax.stop_gradient(params["W"]) if frozen else params["W"]
+        return table[ids]
+
+    return lm.Layer(init, apply, "FrozenEmbedding" if frozen else "Embedding")
+
+
+def test_an_embedding_lookup_passes_on_token_ids():
+    testing.check_layer(_embedding(), (5,), input_dtype=jnp.int32)
+    testing.check_layer(_embedding(), (2, 5), input_dtype=jnp.int8)  # any integer dtype
+    testing.check_layer(_embedding(dtype=jnp.bfloat16), (5,), input_dtype=jnp.int32, dtype=jnp.bfloat16)
+    with pytest.raises(testing.LayerCheckError,
+                       match=r"for int32 input the output has dtype bfloat16, expected float32"):
+        testing.check_layer(_embedding(dtype=jnp.bfloat16), (5,), input_dtype=jnp.int32)
+
+
+def test_a_float_input_dtype_is_drawn_and_expected_out():
+    seen = []
+
+    def apply(params, x, *, key=None):
+        seen.append(x.dtype)
+        return 2 * x
+
+    testing.check_layer(_layer(apply, "Double"), (3,), input_dtype=jnp.bfloat16)
+    assert jnp.dtype(jnp.bfloat16) in seen and jnp.dtype(jnp.float32) not in seen
+    with pytest.raises(testing.LayerCheckError,
+                       match=r"for bfloat16 input the output has dtype float32, expected bfloat16"):
+        testing.check_layer(_layer(lambda p, x, *, key=None: x.astype(jnp.float32), "Up"), (3,),
+                            input_dtype=jnp.bfloat16)
+
+
+BROKEN_ON_IDS = [
+    # (layer, property, fragments), each checked on int32 ids of shape (5,)
+    (_layer(lambda p, ids, *, key=None: 2 * ids, "IdsOut"), "dtype",
+     [r"for int32 input the output has dtype int32, expected float32"]),
+    (_embedding(frozen=True), "gradient",
+     [r"gradients with respect to params differ from finite differences", r"step 1e-06"]),
+    (lm.Layer(lambda k, s: (s, {"W": jnp.ones((2,))}),
+              lambda p, ids, *, key=None: p["W"][ids] * float(ids[0]), "ConcretizesId"), "jit",
+     [r"jax\.jit\(apply\) raised ConcretizationTypeError"]),
+]
+
+
+@pytest.mark.parametrize("layer, prop, fragments", BROKEN_ON_IDS,
+                         ids=[f"{row[1]}-{row[0].name}" for row in BROKEN_ON_IDS])
+def test_broken_layer_on_token_ids_is_caught(layer, prop, fragments):
+    with pytest.raises(testing.LayerCheckError) as info:
+        testing.check_layer(layer, (5,), input_dtype=jnp.int32)
+    assert info.value.property == prop
+    for fragment in fragments:
+        assert re.search(fragment, str(info.value)), (fragment, str(info.value))
 
 
 def test_an_exception_inside_a_check_is_chained():
@@ -216,7 +376,6 @@ def test_a_kink_straddled_by_the_step_is_not_a_failure():
 
     layer = _layer(apply, "KinkAtFirstInput")
     testing.check_layer(layer, (6,))  # the second random input decides
-    enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
     with enable_x64(True):
         x0 = np.asarray(first[0], np.float64)
         with pytest.raises(AssertionError):  # ...and the first alone would fail
@@ -279,6 +438,24 @@ def test_bad_arguments(kwargs, pattern):
     layer, shape = kwargs.pop("layer"), kwargs.pop("input_shape")
     with pytest.raises(TypeError, match=pattern):
         testing.check_layer(layer, shape, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, pattern",
+    [
+        (dict(input_dtype="words"), TypeError,
+         r"check_layer: input_dtype must be a float or integer dtype such as jnp\.float32 or jnp\.int32, got 'words'"),
+        (dict(input_dtype=jnp.bool_), TypeError, r"input_dtype must be a float or integer dtype.*got <class"),
+        (dict(input_dtype=None), TypeError, r"input_dtype must be a float or integer dtype.*got None"),
+        (dict(input_dtype=jnp.int32, int_high=2.0), TypeError, r"check_layer: int_high must be an int, got 2\.0"),
+        (dict(input_dtype=jnp.int32, int_high=0), ValueError, r"check_layer: int_high must be >= 1, got 0"),
+        (dict(input_dtype=jnp.int8, int_high=129), ValueError,
+         r"int_high must be at most 128 for input_dtype int8 \(ids are drawn from \[0, int_high\)\), got 129"),
+    ],
+)
+def test_bad_input_dtype_or_int_high(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        testing.check_layer(_embedding(), (5,), **kwargs)
 
 
 def test_parametrize_ids_and_values():

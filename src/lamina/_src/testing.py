@@ -3,7 +3,8 @@
 `check_layer(layer, input_shape)` runs a layer through what lamina promises
 of any layer: `init` tells the truth about shapes, params are finite, `apply`
 is a pure function that `jax.jit`, `jax.vmap` and `jax.grad` transform
-correctly, and the output has the expected dtype. It stops at the first broken
+correctly, and the output has the expected dtype. Float inputs and integer
+inputs (token ids) are both supported. It stops at the first broken
 property and raises a `LayerCheckError` (an `AssertionError`) naming the
 property, the layer and the numbers. `parametrize(cases)` makes one pytest
 test per layer of a list.
@@ -22,14 +23,16 @@ from jax.flatten_util import ravel_pytree
 from jax.test_util import check_grads
 
 from lamina._src.layer import Layer, Params, check_key, layer_error
-from lamina._src.params import check_layer_type, path_str
+from lamina._src.params import check_layer_type, param_shapes, path_str
 
 PROPERTIES = ("shape", "finite", "deterministic", "jit", "retrace", "vmap", "gradient", "dtype")
 """The properties `check_layer` checks, in the order it checks them."""
 
+# `with enable_x64(True):` turns float64 on inside the block and restores the
+# previous setting after it; the one definition lamina's tests use too.
 # jax >= 0.7 has jax.enable_x64; older releases keep it under jax.experimental.
 # (hasattr, not truthiness: bool(jax.enable_x64) raises.)
-_enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
+enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
 
 
 class LayerCheckError(AssertionError):
@@ -55,6 +58,7 @@ class _Case(NamedTuple):
     xs: Any  # `batch` examples
     y: Any  # apply(params, x)
     key: jax.Array  # for stochastic apply
+    input_dtype: np.dtype  # of every input leaf
     rtol: float
     atol: float
 
@@ -69,6 +73,8 @@ def check_layer(
     atol: float = 1e-5,
     dtype: Optional[Any] = None,
     grad_eps: float = 1e-6,
+    input_dtype: Any = jnp.float32,
+    int_high: int = 2,
 ) -> None:
     """Checks that `layer` keeps the layer contract, property by property.
 
@@ -88,16 +94,25 @@ def check_layer(
     - `gradient`: gradients with respect to params and input exist, are
       finite, and match central finite differences in a random direction
       (`jax.test_util.check_grads`, reverse mode). This runs in float64 (x64
-      is on during the check only) with step `grad_eps`; a step that small
-      rarely straddles a kink such as relu's at 0, and a mismatch must repeat
-      at a second random input to count. Layers that compute in float32
-      whatever their input use a step of 1e-3 and tolerance 1e-2; in 16-bit
-      only existence and finiteness are checked. Inference mode (`key=None`).
-    - `dtype`: for float32 input the output (every leaf) has dtype `dtype`.
+      is on during the check only) with step `grad_eps` and tolerance 1e-5;
+      a step that small rarely straddles a kink such as relu's at 0, and a
+      mismatch must repeat at a second random input to count. The step and
+      tolerance follow the lowest float precision the layer computes in,
+      read from the jaxpr of the float64 apply (every equation's outputs,
+      inside `jit`, `checkpoint`, `custom_jvp`/`custom_vjp`, `scan`, `cond`
+      ... too): if anything runs in float32 (a float32 output, a cast, or
+      `jax.nn.dot_product_attention`, whose softmax stays float32), the
+      step is 1e-3 and the tolerance 1e-2; if anything runs in 16 bits,
+      only existence and finiteness are checked. For integer input there
+      is no gradient with respect to the input: only params are checked.
+      Inference mode (`key=None`).
+    - `dtype`: the output (every leaf) has dtype `dtype`.
 
-    Inputs are standard normal, float32, drawn from `key`. Any exception
-    raised inside a check fails that check, chained with `from`. Calls
-    `chex.clear_trace_counter()`.
+    Float inputs are standard normal, drawn in float32 from `key` and cast
+    to `input_dtype`; integer inputs are uniform in `[0, int_high)`, so by
+    default 0 or 1 (ids valid for any embedding table of 2 or more rows).
+    Any exception raised inside a check fails that check, chained with
+    `from`. Calls `chex.clear_trace_counter()`.
 
     Args:
       layer: the `Layer` to check.
@@ -110,14 +125,23 @@ def check_layer(
       rtol: relative tolerance when comparing outputs (jit, vmap); for
         16-bit outputs at least 1e-2 is used.
       atol: absolute tolerance, likewise.
-      dtype: the expected output dtype; `None` means float32, the input's.
-        Pass e.g. `jnp.bfloat16` for `lm.Dense(4, dtype=jnp.bfloat16)`.
+      dtype: the expected output dtype; `None` means `input_dtype` for a
+        float input and float32 for an integer input. Pass e.g.
+        `jnp.bfloat16` for `lm.Dense(4, dtype=jnp.bfloat16)`.
       grad_eps: finite-difference step for the float64 gradient check.
+      input_dtype: dtype of every input array: a float dtype, or an integer
+        dtype such as `jnp.int32` for a layer taking token ids. Canonicalized
+        like JAX does (int64 is int32 unless x64 is on).
+      int_high: integer inputs are drawn from `[0, int_high)`; set it to
+        the vocabulary size to draw every id an embedding table holds.
+        Unused for float input.
 
     Raises:
       LayerCheckError: an `AssertionError` whose message names the property
         (one of `PROPERTIES`), the layer, and what differed by how much.
-      TypeError: `layer`, `input_shape`, `key` or `batch` is malformed.
+      TypeError: `layer`, `input_shape`, `key`, `batch`, `input_dtype` or
+        `int_high` is of the wrong kind.
+      ValueError: `int_high` is below 1, or above what `input_dtype` holds.
 
     Example:
       >>> import jax.numpy as jnp, lamina as lm
@@ -130,6 +154,10 @@ def check_layer(
       Traceback (most recent call last):
       ...
       lamina.testing.LayerCheckError: Half fails check_layer's 'dtype' check: ...
+      >>> import jax
+      >>> embed = lm.Layer(lambda k, s: (s + (3,), {"W": jax.random.normal(k, (10, 3))}),
+      ...                  lambda p, ids, *, key=None: p["W"][ids], "Embed")
+      >>> lm.testing.check_layer(embed, (5,), input_dtype=jnp.int32, int_high=10)
     """
     check_layer_type("check_layer", layer)
     input_shape = _as_input_shape(input_shape)
@@ -137,20 +165,28 @@ def check_layer(
     check_key("check_layer", key)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise layer_error("check_layer", f"batch must be an int >= 1, got {batch!r}", TypeError)
+    input_dtype = _as_input_dtype(input_dtype)
+    _check_int_high(int_high, input_dtype)
+    if dtype is None:
+        dtype = input_dtype if jnp.issubdtype(input_dtype, jnp.floating) else jnp.float32
     # Inputs come from NumPy, seeded by the key: a jax.random draw would
     # compile once per input shape, and a property test draws many shapes.
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+    def draw(batch=None):
+        return _random_input(rng, input_shape, input_dtype, int_high, batch)
+
     init_key, apply_key = jax.random.split(key)
-    x = _random_input(rng, input_shape)
+    x = draw()
     params, y = _check_shape(layer, init_key, input_shape, x)
-    case = _Case(layer, params, x, _random_input(rng, input_shape, batch), y, apply_key, rtol, atol)
+    case = _Case(layer, params, x, draw(batch), y, apply_key, input_dtype, rtol, atol)
     _check_finite(case)
     y_key = _check_deterministic(case)
     jitted = _check_jit(case, y_key)
-    _check_retrace(case, jitted, _random_input(rng, input_shape))
+    _check_retrace(case, jitted, draw())
     _check_vmap(case, jitted)
-    _check_gradient(case, rng, grad_eps, _random_input(rng, input_shape))
-    _check_dtype(case, jnp.float32 if dtype is None else dtype)
+    _check_gradient(case, rng, grad_eps, draw())
+    _check_dtype(case, dtype)
 
 
 def parametrize(cases: Sequence[tuple[Layer, Any]]) -> Any:
@@ -220,7 +256,7 @@ def _check_shape(layer, key, input_shape, x):
             f"but apply returned shape {got}",
         )
     with _checking("shape", name, "jax.eval_shape(init)"):
-        abstract_shape, abstract = _eval_shape_init(layer, key, input_shape)
+        abstract_shape, abstract = param_shapes(layer, input_shape, key=key)
     if _as_shape(abstract_shape) != _as_shape(out_shape):
         raise LayerCheckError(
             "shape", name,
@@ -229,18 +265,6 @@ def _check_shape(layer, key, input_shape, x):
         )
     _compare_abstract(name, abstract, params)
     return params, y
-
-
-def _eval_shape_init(layer, key, input_shape):
-    out_shapes = []
-
-    def params_only(k):
-        out_shape, params = layer.init(k, input_shape)
-        out_shapes.append(out_shape)  # a Python value, which eval_shape cannot return
-        return params
-
-    abstract = jax.eval_shape(params_only, key)
-    return out_shapes[0], abstract
 
 
 def _compare_abstract(name: str, abstract: Any, params: Params) -> None:
@@ -368,7 +392,10 @@ def _check_vmap(case: _Case, jitted) -> None:
 
 def _check_gradient(case: _Case, rng: np.random.Generator, eps: float, x2: Any) -> None:
     name = case.layer.name
-    with _enable_x64(True):
+    # Integer input (token ids) has no gradient: only params are free then.
+    which = (0, 1) if jnp.issubdtype(case.input_dtype, jnp.floating) else (0,)
+    labels = [("params", "input")[i] for i in which]
+    with enable_x64(True):
         # Eager, with NumPy arrays for check_grads to perturb (as in the vmap
         # check): eager programs are shared by models of equal shapes.
         apply64, floats, x = _in_float64(case)
@@ -376,32 +403,30 @@ def _check_gradient(case: _Case, rng: np.random.Generator, eps: float, x2: Any) 
         def f(float_params, x):  # flat, so tuple outputs (parallel) work too
             return ravel_pytree(apply64(float_params, x))[0]
 
+        args = (floats, x)
+        if not jax.tree.leaves([args[i] for i in which]):
+            return  # nothing to differentiate: integer input, no float params
         with _checking("gradient", name, "differentiating apply with jax.vjp"):
-            out, vjp = jax.vjp(f, floats, x)
+            out, vjp = jax.vjp(_holding(f, args, which), *(args[i] for i in which))
             grads = vjp(rng.standard_normal(out.shape).astype(out.dtype))
-        for what, tree in (("params", grads[0]), ("input", grads[1])):
+        for what, tree in zip(labels, grads):
             if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(tree)):
                 raise LayerCheckError("gradient", name,
                                       f"the gradient with respect to {what} holds NaN or infinity")
-        bits = _min_float_bits(jax.eval_shape(apply64, floats, x))
+        with _checking("gradient", name, "tracing apply with jax.make_jaxpr"):
+            bits = _min_compute_bits(jax.make_jaxpr(apply64)(floats, x))
         if bits <= 16:
             return  # finite differences in 16 bits are noise
         step, tol = (eps, 1e-5) if bits == 64 else (1e-3, 1e-2)
 
-        def check(args, which=(0, 1)):
-            def g(*free):  # f of the arguments in `which`, the others held fixed
-                full = list(args)
-                for i, arg in zip(which, free):
-                    full[i] = arg
-                return f(*full)
-
-            check_grads(g, [args[i] for i in which], order=1, modes=["rev"], eps=step,
-                        atol=tol, rtol=tol)
+        def check(args, which=which):
+            check_grads(_holding(f, args, which), [args[i] for i in which], order=1,
+                        modes=["rev"], eps=step, atol=tol, rtol=tol)
 
         doing = "checking gradients against finite differences"
         try:
             with _checking("gradient", name, doing):
-                check((floats, x))
+                check(args)
         except LayerCheckError as error:
             if not isinstance(error.__cause__, AssertionError):
                 raise
@@ -409,22 +434,34 @@ def _check_gradient(case: _Case, rng: np.random.Generator, eps: float, x2: Any) 
             # another input; a wrong derivative does.
             args = (floats, _as_float64(x2))
             with _checking("gradient", name, doing,
-                           f"reverse-mode gradients with respect to {_culprit(check, args)} "
+                           f"reverse-mode gradients with respect to {_culprit(check, args, which)} "
                            f"differ from finite differences (step {step}, tolerance {tol}) "
                            f"at two random inputs"):
                 check(args)
 
 
-def _culprit(check, args) -> str:
+def _holding(f, args, which):
+    """`f` as a function of the arguments at positions `which`, the others held at `args`."""
+
+    def g(*free):
+        full = list(args)
+        for i, arg in zip(which, free):
+            full[i] = arg
+        return f(*full)
+
+    return g
+
+
+def _culprit(check, args, which) -> str:
     """Which of params and input has the wrong gradient, for the message."""
     wrong = []
-    for what, i in (("params", 0), ("input", 1)):
+    for i in which:
         if not jax.tree.leaves(args[i]):
             continue  # no float params
         try:
             check(args, (i,))
         except Exception:  # noqa: BLE001 - any failure marks the argument
-            wrong.append(what)
+            wrong.append(("params", "input")[i])
     return " and ".join(wrong) or "params and input together"
 
 
@@ -442,6 +479,47 @@ def _in_float64(case: _Case):
     return apply64, [_as_float64(leaves[i]) for i in where], _as_float64(case.x)
 
 
+def _min_compute_bits(closed_jaxpr: Any) -> int:
+    """The lowest float precision a jaxpr computes in, sub-jaxprs included.
+
+    Counts the outputs of every equation (and of the jaxpr), not its inputs
+    or constants: a float32 constant that float64 arithmetic promotes costs
+    no precision, a cast to float32 and what follows it does. Sub-jaxprs are
+    found by shape, whatever the primitive calls them (`jit`'s `jaxpr`,
+    `cond`'s `branches`, `custom_vjp`'s `call_jaxpr`, ...).
+
+    Returns:
+      The width in bits, 64 when nothing is narrower.
+    """
+    bits = [_float_bits(aval) for aval in closed_jaxpr.out_avals]
+    todo = [closed_jaxpr.jaxpr]
+    while todo:
+        jaxpr = todo.pop()
+        for eqn in jaxpr.eqns:
+            bits.extend(_float_bits(var.aval) for var in eqn.outvars)
+            for param in eqn.params.values():
+                todo.extend(_sub_jaxprs(param))
+    return min((b for b in bits if b), default=64)
+
+
+def _sub_jaxprs(param: Any) -> list:
+    if isinstance(param, (tuple, list)):
+        return [j for p in param for j in _sub_jaxprs(p)]
+    if hasattr(param, "eqns"):  # a Jaxpr
+        return [param]
+    if hasattr(getattr(param, "jaxpr", None), "eqns"):  # a ClosedJaxpr
+        return [param.jaxpr]
+    return []
+
+
+def _float_bits(aval: Any) -> int:
+    """Width of a float (or complex) aval's dtype in bits; 0 for any other aval."""
+    dtype = getattr(aval, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+        return 0
+    return jnp.finfo(dtype).bits
+
+
 def _check_dtype(case: _Case, want: Any) -> None:
     want = jnp.dtype(want)
     for path, leaf in jax.tree_util.tree_leaves_with_path(case.y):
@@ -450,7 +528,7 @@ def _check_dtype(case: _Case, want: Any) -> None:
             where = f" at {path_str(path)!r}" if path else ""
             raise LayerCheckError(
                 "dtype", case.layer.name,
-                f"for float32 input the output{where} has dtype {got}, expected "
+                f"for {case.input_dtype} input the output{where} has dtype {got}, expected "
                 f"{want} (pass dtype= to check_layer for a layer with its own compute dtype)",
             )
 
@@ -468,8 +546,14 @@ def _tolerance(case: _Case) -> tuple[float, float]:
 
 
 def _as_float64(tree: Any) -> Any:
+    """Float leaves as float64 NumPy arrays; integer leaves (token ids) as they are."""
+
     # NumPy, not jnp: a jnp cast compiles once per leaf shape.
-    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+    def cast(a):
+        a = np.asarray(a)
+        return a.astype(np.float64) if jnp.issubdtype(a.dtype, jnp.inexact) else a
+
+    return jax.tree.map(cast, tree)
 
 
 def _stack(trees: list) -> Any:
@@ -495,11 +579,39 @@ def _as_input_shape(input_shape: Any) -> Any:
     )
 
 
-def _random_input(rng: np.random.Generator, shape: Any, batch: Optional[int] = None) -> Any:
-    if _is_shape(shape):
-        lead = () if batch is None else (batch,)
-        return jax.device_put(rng.standard_normal(lead + tuple(shape), np.float32))
-    return tuple(_random_input(rng, s, batch) for s in shape)
+def _as_input_dtype(input_dtype: Any) -> np.dtype:
+    expected = "input_dtype must be a float or integer dtype such as jnp.float32 or jnp.int32"
+    try:
+        dtype = None if input_dtype is None else jnp.dtype(input_dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise layer_error("check_layer", f"{expected}, got {input_dtype!r}", TypeError)
+    return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _check_int_high(int_high: Any, input_dtype: np.dtype) -> None:
+    if isinstance(int_high, bool) or not isinstance(int_high, (int, np.integer)):
+        raise layer_error("check_layer", f"int_high must be an int, got {int_high!r}", TypeError)
+    if int_high < 1:
+        raise layer_error("check_layer", f"int_high must be >= 1, got {int_high}", ValueError)
+    if jnp.issubdtype(input_dtype, jnp.integer) and int_high - 1 > jnp.iinfo(input_dtype).max:
+        raise layer_error(
+            "check_layer",
+            f"int_high must be at most {jnp.iinfo(input_dtype).max + 1} for input_dtype "
+            f"{input_dtype} (ids are drawn from [0, int_high)), got {int_high}",
+            ValueError,
+        )
+
+
+def _random_input(rng: np.random.Generator, shape: Any, dtype: np.dtype, int_high: int,
+                  batch: Optional[int] = None) -> Any:
+    if not _is_shape(shape):
+        return tuple(_random_input(rng, s, dtype, int_high, batch) for s in shape)
+    size = (() if batch is None else (batch,)) + tuple(shape)
+    if jnp.issubdtype(dtype, jnp.integer):
+        return jax.device_put(rng.integers(0, int_high, size, dtype=dtype))
+    return jax.device_put(rng.standard_normal(size, np.float32).astype(dtype))
 
 
 def _as_shape(shape: Any) -> Any:
