@@ -175,7 +175,8 @@ BROKEN = [
      [r"WrongShape", r"declared output shape \(4,\)", r"returned shape \(3,\)"]),
     (_layer(lambda p, x, *, key=None: p["W"] @ x, "GrowingInit", _hidden_state_init()), (3,), "shape",
      [r"GrowingInit", r"jax\.eval_shape", r"\(3,\)", r"\(2,\)"]),
-    (lm.Dense(3, w_init=lambda k, s, d: jax.random.normal(k, s, d) / jnp.sqrt(s[1] - 1)), (1,), "finite",
+    # A foreign initializer is asked for the (in, out) layout: s[0] is in_features.
+    (lm.Dense(3, w_init=lambda k, s, d: jax.random.normal(k, s, d) / jnp.sqrt(s[0] - 1)), (1,), "finite",
      [r"Dense\(3\)", r"params at 'W' \(shape \(3, 1\)\) holds 3 NaN or infinite value\(s\) out of 3"]),
     (_layer(lambda p, x, *, key=None: jnp.log(x), "Log"), (4,), "finite",
      [r"Log", r"output of apply\(params, x\)", r"NaN or infinite"]),

@@ -339,10 +339,17 @@ def check_float_input(name: str, x: Any) -> jax.Array:
 
 
 def shape_of(tree: Any) -> Any:
-    """The shape of an array, or the tuple of shapes of a tuple of arrays."""
+    """The shape of an array; a tuple or dict of shapes for a tuple or dict of arrays.
+
+    Anything else is named by its type, for messages.
+    """
+    if hasattr(tree, "shape"):
+        return tuple(tree.shape)
     if isinstance(tree, (tuple, list)):
         return tuple(shape_of(t) for t in tree)
-    return tuple(tree.shape) if hasattr(tree, "shape") else tuple(jnp.shape(tree))
+    if isinstance(tree, dict):
+        return {k: shape_of(v) for k, v in tree.items()}
+    return type(tree).__name__
 
 
 def size(shape: Shape) -> int:

@@ -22,8 +22,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.test_util import check_grads
 
-from lamina._src.layer import Layer, Params, check_key, layer_error
-from lamina._src.params import check_layer_type, param_shapes, path_str
+from lamina._src.errors import LaminaError
+from lamina._src.layer import Layer, Params, check_key, check_layer_type, layer_error, shape_of
+from lamina._src.params import param_shapes, path_str
 
 PROPERTIES = ("shape", "finite", "deterministic", "jit", "retrace", "vmap", "gradient", "dtype")
 """The properties `check_layer` checks, in the order it checks them."""
@@ -35,20 +36,36 @@ PROPERTIES = ("shape", "finite", "deterministic", "jit", "retrace", "vmap", "gra
 enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
 
 
-class LayerCheckError(AssertionError):
+class LayerCheckError(LaminaError, AssertionError):
     """A layer broke one of the properties `check_layer` checks.
+
+    An `AssertionError`, so pytest reports it as a failed test, and an
+    `lm.LaminaError`.
 
     Attributes:
       property: the broken property, one of `PROPERTIES` (e.g. `"vmap"`).
-      layer_name: the layer's name.
+      layer_name: the layer's name (also `.layer`).
     """
 
     __module__ = "lamina.testing"  # where users import it from
 
     def __init__(self, prop: str, layer_name: str, message: str):
-        super().__init__(f"{layer_name} fails check_layer's {prop!r} check: {message}")
         self.property = prop
         self.layer_name = layer_name
+        super().__init__(message, layer=layer_name)
+
+    def _text(self) -> str:
+        return f"{self.layer_name} fails check_layer's {self.property!r} check: {self.message}"
+
+    def __reduce__(self):
+        return type(self), (self.property, self.layer_name, self.message)
+
+
+def _kind(error: BaseException) -> str:
+    """The name to show for an error: a lamina error reads as its built-in kind."""
+    if isinstance(error, LaminaError):
+        return next(c for c in type(error).__mro__ if c.__module__ == "builtins").__name__
+    return type(error).__name__
 
 
 class _Case(NamedTuple):
@@ -239,7 +256,7 @@ def _checking(prop: str, name: str, doing: str, differs: str = "") -> Iterator[N
     except AssertionError as error:
         raise LayerCheckError(prop, name, f"{differs or doing}: {error}") from error
     except Exception as error:  # noqa: BLE001 - a crash inside a check fails it
-        raise LayerCheckError(prop, name, f"{doing} raised {type(error).__name__}: {error}") from error
+        raise LayerCheckError(prop, name, f"{doing} raised {_kind(error)}: {error}") from error
 
 
 def _check_shape(layer, key, input_shape, x):
@@ -248,7 +265,7 @@ def _check_shape(layer, key, input_shape, x):
         out_shape, params = layer.init(key, input_shape)
     with _checking("shape", name, f"apply(params, x) for x of shape {input_shape}"):
         y = layer.apply(params, x)
-    got = _shape_of(y)
+    got = shape_of(y)
     if _as_shape(out_shape) != got:
         raise LayerCheckError(
             "shape", name,
@@ -366,7 +383,7 @@ def _check_retrace(case: _Case, jitted, x2: Any) -> None:
         ) from error
     except Exception as error:  # noqa: BLE001 - a crash inside a check fails it
         raise LayerCheckError("retrace", case.layer.name,
-                              f"jax.jit(apply) raised {type(error).__name__}: {error}") from error
+                              f"jax.jit(apply) raised {_kind(error)}: {error}") from error
 
 
 def _check_vmap(case: _Case, jitted) -> None:
@@ -621,16 +638,6 @@ def _as_shape(shape: Any) -> Any:
     if isinstance(shape, (tuple, list)):
         return tuple(_as_shape(s) for s in shape)
     return shape
-
-
-def _shape_of(tree: Any) -> Any:
-    if hasattr(tree, "shape"):
-        return tuple(tree.shape)
-    if isinstance(tree, (tuple, list)):
-        return tuple(_shape_of(t) for t in tree)
-    if isinstance(tree, dict):
-        return {k: _shape_of(v) for k, v in tree.items()}
-    return type(tree).__name__
 
 
 def _shape_id(shape: Any) -> str:
