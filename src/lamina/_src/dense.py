@@ -186,6 +186,7 @@ class Dense(Builtin):
     param_dtype: Any = jnp.dtype(jnp.float32)
 
     kind = "dense"
+    torch_names = {"W": "weight", "b": "bias"}  # torch.nn.Linear
 
     def __post_init__(self):
         out = self.out_features

@@ -155,6 +155,21 @@ frozen = functools.partial(dataclasses.dataclass, frozen=True, repr=False)
 class Builtin(Layer):
     """Base of lamina's layers; subclasses are `@frozen` dataclasses."""
 
+    torch_names: ClassVar[dict[str, str]] = {}
+    """How PyTorch names this layer's params: lamina key -> torch state-dict name."""
+
+    def torch_params(self, params: Params) -> dict[str, Any]:
+        """This layer's params as torch state-dict entries, named within the torch module.
+
+        Layers whose weights need more than a renaming (a fused torch weight,
+        a composite block) override this and `params_from_torch`.
+        """
+        return {self.torch_names[k]: v for k, v in params.items()}
+
+    def params_from_torch(self, tensors: Any, like: Params) -> Params:
+        """The inverse of `torch_params`: params shaped like `like` from torch entries."""
+        return {k: tensors[self.torch_names[k]] for k in like}
+
     def __repr__(self) -> str:
         parts = []
         for field in dataclasses.fields(self):

@@ -37,6 +37,7 @@ class LayerNorm(Builtin):
         object.__setattr__(self, "eps", float(eps))
 
     name = "LayerNorm()"
+    torch_names = {"scale": "weight", "offset": "bias"}  # torch.nn.LayerNorm
 
     def init(self, key, input_shape):
         shape = check_input_shape(self.name, input_shape, min_rank=1)
