@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from lamina._src.data import as_array
 from lamina._src.layer import Layer, Params, TraceStep, check_key, check_layer_type, layer_error
 
+
 def forward(model: Layer) -> Callable[..., jax.Array]:
     """Returns `fwd(params, xs, *, key=None)`: the model over a batch, jitted.
 
@@ -38,6 +39,7 @@ def forward(model: Layer) -> Callable[..., jax.Array]:
     check_layer_type("forward", model)
     return _jitted_forward(model)
 
+
 @functools.lru_cache(maxsize=64)
 def _jitted_forward(model: Layer) -> Callable[..., jax.Array]:
     # One jitted function per model, so `lm.forward(model)(params, xs)` written
@@ -55,6 +57,7 @@ def _jitted_forward(model: Layer) -> Callable[..., jax.Array]:
     fwd.__name__ = f"forward[{model.name}]"
     return jax.jit(fwd)
 
+
 def apply_batch(
     model: Layer, params: Params, xs: jax.Array, key: Optional[jax.Array] = None
 ) -> jax.Array:
@@ -64,6 +67,7 @@ def apply_batch(
         return jax.vmap(lambda x: model.apply(params, x))(xs)
     keys = jax.random.split(key, jnp.shape(xs)[0])
     return jax.vmap(lambda x, k: model.apply(params, x, key=k))(xs, keys)
+
 
 def trace(
     model: Layer, params: Params, x: jax.typing.ArrayLike, *, key: Optional[jax.Array] = None

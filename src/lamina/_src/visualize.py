@@ -33,6 +33,7 @@ _COL_GAP, _NODE_W, _NODE_H, _ROW, _TOP = 200, 80, 24, 34, 76
 _POSITIVE, _NEGATIVE = (33, 102, 172), (214, 96, 77)  # blue, orange-red
 _ROLE = {"residual": "x + f(x)", "parallel": "tuple of branches"}
 
+
 def visualize(
     model: Layer,
     params: Params,
@@ -100,6 +101,7 @@ def visualize(
         write_atomically(os.fspath(path), page.encode("utf-8"), "visualize")
     return page
 
+
 def _page_data(model_name: str, x: Any, steps: list[TraceStep], max_nodes: int) -> dict:
     """Everything the page shows, as JSON-ready Python values."""
     records = []
@@ -136,6 +138,7 @@ def _page_data(model_name: str, x: Any, steps: list[TraceStep], max_nodes: int) 
         "steps": records,
     }
 
+
 def _tensor(value: Any) -> dict:
     """A value as `{"shape", "values"}` (values flat, row-major) or `{"parts"}`."""
     if isinstance(value, (tuple, list)) and not _plain_numbers(value):
@@ -151,11 +154,13 @@ def _tensor(value: Any) -> dict:
         values = [v if math.isfinite(v) else _NON_FINITE[str(v)] for v in values]
     return {"shape": list(a.shape), "values": values}
 
+
 def _plain_numbers(value: Any) -> bool:
     """Whether `value` is a number or nested lists of them, like `[0.8, 0.3]`."""
     if isinstance(value, (tuple, list)):
         return all(_plain_numbers(v) for v in value)
     return isinstance(value, (int, float))
+
 
 def _named_leaves(params: Params) -> list[dict]:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -165,15 +170,18 @@ def _named_leaves(params: Params) -> list[dict]:
         for keys, leaf in leaves
     ]
 
+
 def _flat(t: dict) -> list:
     if "parts" in t:
         return [v for part in t["parts"] for v in _flat(part)]
     return [float(v) for v in t["values"]]
 
+
 def _shape_text(t: dict) -> str:
     if "parts" in t:
         return "(" + ", ".join(_shape_text(p) for p in t["parts"]) + ")"
     return str(tuple(t["shape"]))
+
 
 def _page(data: dict) -> str:
     template = resources.files("lamina._src").joinpath("visualize_template.html").read_text("utf-8")
@@ -190,9 +198,11 @@ def _page(data: dict) -> str:
     # One pass, so text inside a value is never taken for another placeholder.
     return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m[1]], template)
 
+
 def _text(s: str) -> str:
     """Escapes `s` for HTML; a user's layer name cannot smuggle a link in either."""
     return re.sub(r"(?i)h(?=ttp)", lambda m: f"&#{ord(m[0])};", html.escape(s))
+
 
 def _json(data: dict) -> str:
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
@@ -202,9 +212,11 @@ def _json(data: dict) -> str:
         text = text.replace(ch, f"\\u{ord(ch):04x}")
     return re.sub(r"(?i)h(?=ttp)", lambda m: f"\\u{ord(m[0]):04x}", text)
 
+
 def _fmt(v: float) -> str:
     # Written like JavaScript's toFixed, so the drawing and the panels agree.
     return f"{v:.{_DECIMALS}f}" if math.isfinite(v) else _NON_FINITE[str(v)]
+
 
 def _colour(v: float, scale: float) -> tuple[str, str]:
     """Fill and text colour for a value: white at 0, blue positive, orange negative."""
@@ -213,6 +225,7 @@ def _colour(v: float, scale: float) -> tuple[str, str]:
     t = min(abs(v) / scale, 1.0) if scale > 0 else 0.0
     rgb = [round(255 + (c - 255) * t) for c in (_NEGATIVE if v < 0 else _POSITIVE)]
     return "#{:02x}{:02x}{:02x}".format(*rgb), "#ffffff" if t > 0.55 else "#1a1a1a"
+
 
 def _svg(data: dict) -> str:
     limit = data["maxNodes"]
@@ -277,6 +290,7 @@ def _svg(data: dict) -> str:
         f'<g class="links">{"".join(links)}</g>{"".join(nodes)}</svg>'
     )
 
+
 def _weight_edges(col, s, c, values, limit, cx, cy) -> list[str]:
     """Lines from the visible inputs to the visible units of a dense column."""
     W = np.asarray(col["W"]["values"], np.float64).reshape(col["W"]["shape"])
@@ -300,6 +314,7 @@ def _weight_edges(col, s, c, values, limit, cx, cy) -> list[str]:
             )
     return lines
 
+
 def _link(x1: float, x2: float, y: float, low: float, detour: bool) -> str:
     """A dashed data-flow arrow for a layer without weights."""
     a, b = x1 + _NODE_W / 2, x2 - _NODE_W / 2
@@ -311,6 +326,7 @@ def _link(x1: float, x2: float, y: float, low: float, detour: bool) -> str:
             f"L{b - 60:.1f} {low:.1f} C{b - 30:.1f} {low:.1f} {b - 30:.1f} {y:.1f} {b:.1f} {y:.1f}"
         )
     return f'<path class="link" d="{d}"/>'
+
 
 def _step_list(data: dict) -> str:
     shape = _text(_shape_text(data["input"]))
