@@ -23,6 +23,7 @@ def test_quickstart_runs(capsys):
     assert "serial[1] Dense(10) (10,) (10,)" in out
     assert "147 275" in out and "(7, 3)" in out
     assert "True serial(Dense(16, act='relu'), Dense(3))" in out
+    assert "\n22\n" in out  # num_batches_tracked after the state section
     assert "serial(Dense(256, act='relu'), Dense(10))" in out and "Dense(20) Dense(3, act='tanh')" in out
     assert "PyFloat fails check_layer's 'retrace' check" in out
     accuracy = float(re.search(r"accuracy (\S+)", out).group(1))

@@ -166,7 +166,35 @@ def _softplus_wrong_derivative():
     return _layer(lambda p, x, *, key=None: softplus(x), "BadSoftplus")
 
 
+def _with_state(train_update, name, infer_update=None, init_state=None):
+    """A layer with state {"ema": zeros like x} computing x - ema; training returns train_update(state, x)."""
+
+    def apply(params, x, *, key=None, state, train=False):
+        update = train_update if train else infer_update or (lambda s, x: s)
+        return x - state["ema"], update(state, x)
+
+    return lm.Layer(_same_shape, apply, name, init_state=init_state or (lambda s: {"ema": jnp.zeros(s)}))
+
+
+def _first_batch_sets_state():
+    # A Python branch on the state: fine eagerly, where the state is concrete,
+    # but jax.jit traces it (as lm.train_step does).
+    def update(state, x):
+        if float(jnp.sum(state["ema"])) == 0.0:
+            return {"ema": jax.lax.pmean(x, "batch")}
+        return {"ema": 0.9 * state["ema"] + 0.1 * jax.lax.pmean(x, "batch")}
+
+    return _with_state(update, "FirstBatchSetsState")
+
+
+def _state_growing_per_call():
+    # Each init_state call makes "ema" one longer: eval_shape and init_state disagree.
+    sizes = itertools.count(2)
+    return _with_state(lambda s, x: s, "GrowingState", init_state=lambda s: {"ema": jnp.zeros((next(sizes),))})
+
+
 _calls = itertools.count()
+_train_calls = itertools.count()
 _concretizes = _layer(lambda p, x, *, key=None: x * float(x[0]), "Concretizes")
 
 BROKEN = [
@@ -215,6 +243,35 @@ BROKEN = [
      [r"HalfOut", r"has dtype float16, expected float32"]),
     (lm.parallel(lm.Identity(), _layer(lambda p, x, *, key=None: x.astype(jnp.float16), "HalfOut")), (3,),
      "dtype", [r"parallel\(Identity\(\), HalfOut\)", r"output at '1' has dtype float16"]),
+    # Layers with state: init_state zeros of shape (3,), so every value is known.
+    (_state_growing_per_call(), (3,), "shape",
+     [r"GrowingState", r"state leaf 'ema': jax\.eval_shape\(init_state\) gives float32\[3\], "
+                       r"init_state gives float32\[2\]"]),
+    (lm.Layer(_same_shape, lambda p, x, *, key=None, state, train=False: x, "NoNewState",
+              init_state=lambda s: {"ema": jnp.zeros(s)}), (3,), "shape",
+     [r"NoNewState", r"must return \(y, new_state\) from apply, got ArrayImpl"]),
+    (_with_state(lambda s, x: s, "NanState", init_state=lambda s: {"ema": jnp.full(s, jnp.nan)}), (3,), "finite",
+     [r"NanState", r"state from init_state at 'ema' \(shape \(3,\)\) holds 3 NaN or infinite value\(s\) out of 3"]),
+    (_with_state(lambda s, x: s, "InferenceCounts", infer_update=lambda s, x: {"ema": s["ema"] + 1.0}), (3,), "state",
+     [r"InferenceCounts", r"inference \(train=False\) must return the state unchanged",
+      r"state leaf 'ema' \(shape \(3,\)\) differs in 3 of 3 value\(s\), max absolute difference 1$"]),
+    (_with_state(lambda s, x: {"ema": 0.9 * s["ema"] + 0.1 * x}, "NoPmean"), (3,), "state",
+     [r"NoPmean", r"out_axes=\(0, None\)\) over 3 examples the new state differs between examples: leaf 'ema' by up to",
+      r"jax\.lax\.pmean\(value, 'batch'\)", r"but out_axes is None"]),
+    (_with_state(lambda s, x: {"ema": s["ema"].astype(jnp.float16)}, "HalfState"), (3,), "state",
+     [r"HalfState", r"training \(train=True\) under jax\.vmap\(\.\.\., axis_name='batch', out_axes=\(0, None\)\)",
+      r"must return a state like init_state's, but state leaf 'ema' is float16\[3\], expected float32\[3\]"]),
+    (_with_state(lambda s, x: {"ema": s["ema"][:1]}, "ShortState"), (3,), "state",
+     [r"ShortState", r"state leaf 'ema' is float32\[1\], expected float32\[3\]"]),
+    (_with_state(lambda s, x: {**s, "count": jnp.zeros((), jnp.int32)}, "ExtraState"), (3,), "state",
+     [r"ExtraState", r"the state tree is PyTreeDef\(\{'count': \*, 'ema': \*\}\), expected PyTreeDef\(\{'ema': \*\}\)"]),
+    (_with_state(lambda s, x: {"ema": jnp.log(s["ema"])}, "LogState"), (3,), "state",
+     [r"LogState", r"returns a state whose leaf 'ema' \(shape \(3,\)\) holds 3 NaN or infinite value\(s\) out of 3"]),
+    (_with_state(lambda s, x: {"ema": s["ema"] + next(_train_calls)}, "TrainCounter"), (3,), "state",
+     [r"TrainCounter", r"two calls of training .* with the same batch and keys must return the same state",
+      r"differs in 3 of 3 value\(s\), max absolute difference 1$"]),
+    (_first_batch_sets_state(), (3,), "state",
+     [r"FirstBatchSetsState", r"jax\.jit of training \(train=True\) .* raised ConcretizationTypeError"]),
 ]
 
 
@@ -235,6 +292,58 @@ def test_broken_layer_is_caught_naming_the_property(layer, input_shape, prop, fr
 
 def test_every_property_has_a_broken_layer():
     assert {row[2] for row in BROKEN} == set(testing.PROPERTIES)
+
+
+# Layers with state.
+
+
+def _ema(seen=None):
+    """A user layer keeping an exponential moving average of its inputs; output x - ema."""
+
+    def init(key, input_shape):
+        return input_shape, ()
+
+    def init_state(input_shape):
+        return {"ema": jnp.zeros(input_shape)}
+
+    def apply(params, x, *, key=None, state, train=False):
+        if seen is not None:
+            seen.append((train, jax.lax.psum(1, "batch") if train else None, state["ema"].dtype))
+        if train:
+            return x - state["ema"], {"ema": 0.9 * state["ema"] + 0.1 * jax.lax.pmean(x, "batch")}
+        return x - state["ema"], state
+
+    return lm.Layer(init, apply, "EMA", init_state=init_state)
+
+
+@testing.parametrize([
+    (lm.BatchNorm(), (3,)),
+    (lm.BatchNorm(), (3, 5)),
+    (lm.BatchNorm(), (2, 4, 4)),
+    (lm.serial(lm.Dense(4), lm.BatchNorm(), lm.Relu(), lm.Dense(2)), (5,)),
+    (_ema(), (3,)),
+    (_ema(), (2, 3)),
+])
+def test_layers_with_state_pass(layer, input_shape):
+    assert layer.stateful
+    testing.check_layer(layer, input_shape)
+
+
+def test_the_state_check_trains_over_batch_examples():
+    seen = []
+    testing.check_layer(_ema(seen), (3,), batch=5)
+    # Training ran in a vmap named "batch" over the 5 examples...
+    assert {size for train, size, _ in seen if train} == {5}
+    # ...and inference, with the state in float64 for the gradient check.
+    assert {dtype for train, _, dtype in seen if not train} == {jnp.dtype("float32"), jnp.dtype("float64")}
+
+
+def test_a_state_from_one_example_is_reported_with_its_cause():
+    with pytest.raises(testing.LayerCheckError) as info:
+        testing.check_layer(_with_state(lambda s, x: {"ema": x}, "LastExample"), (2,), batch=4)
+    assert info.value.property == "state"
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "differs between examples: leaf 'ema' by up to" in str(info.value)
 
 
 def _sin_in_float32(x):

@@ -18,11 +18,12 @@ from lamina._src.export import export, load_exported
 from lamina._src.forward import forward, trace
 from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, Shape, TraceStep
-from lamina._src.normalization import LayerNorm
+from lamina._src.normalization import BatchNorm, LayerNorm
 from lamina._src.params import check_params, param_shapes
 from lamina._src.precision import with_dtype
 from lamina._src.reshape import Flatten, Identity
 from lamina._src.sharding import shard_batch, shard_params
+from lamina._src.state import has_state, init_state
 from lamina._src.summary import Summary, SummaryRow, summary
 from lamina._src.torch_interop import from_torch, to_torch
 from lamina._src.train import accuracy, evaluate, fit, per_example_grads, train_step
@@ -44,6 +45,7 @@ __all__ = [
     "accuracy",
     "Activation",
     "ACTIVATIONS",
+    "BatchNorm",
     "check_params",
     "Concat",
     "Dense",
@@ -55,7 +57,9 @@ __all__ = [
     "Flatten",
     "forward",
     "from_torch",
+    "has_state",
     "Identity",
+    "init_state",
     "initializers",
     "LaminaError",
     "Layer",

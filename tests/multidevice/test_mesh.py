@@ -133,3 +133,26 @@ def test_readme_sharding_snippet_runs():
     assert namespace["params"][0]["W"].sharding.spec == P("model", None)
     assert namespace["params"][1]["W"].sharding.spec == P(None, "model")
     assert np.isfinite(float(namespace["metrics"]["loss"]))
+
+
+def test_batch_norm_statistics_are_global_on_a_mesh():
+    # fit on one device and on a 2x4 mesh: the running statistics agree, so
+    # each device's BatchNorm saw the whole batch, not its shard.
+    model = lm.serial(lm.Dense(16), lm.BatchNorm(), lm.Relu(), lm.Dense(10))
+    _, params = model.init(jax.random.key(0), (16,))
+    xs = jax.random.normal(jax.random.key(1), (64, 16)) * 2 + 1
+    ys = jax.random.randint(jax.random.key(2), (64,), 0, 10)
+    kwargs = dict(loss_fn=xent, epochs=2, batch_size=16, key=jax.random.key(3), progress=False)
+    state = lm.init_state(model, (16,))
+    # fit consumes (donates) the params it is given: pass each run its own copy.
+    _, _, one = lm.fit(model, jax.tree.map(jnp.copy, params), optax.sgd(0.1), (xs, ys),
+                       state=state, **kwargs)
+    mesh = make_mesh(2, 4)
+    _, _, sharded = lm.fit(model, shard_params(params, mesh), optax.sgd(0.1),
+                           shard_batch((xs, ys), mesh), state=shard_params(state, mesh), **kwargs)
+    assert int(sharded[1]["num_batches_tracked"]) == 8
+    for name in ("running_mean", "running_var"):
+        np.testing.assert_allclose(sharded[1][name], one[1][name], rtol=1e-5, atol=1e-5)
+    # shard_params replicates state: nothing in it is a weight to split.
+    placed = shard_params(state, mesh)
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed))

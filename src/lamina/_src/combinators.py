@@ -27,7 +27,10 @@ from lamina._src.layer import (
     check_layer_type,
     check_key,
     frozen,
+    missing_state,
     nest,
+    output_shape,
+    run,
     size,
 )
 
@@ -40,7 +43,7 @@ def _check_layers(where: str, layers: Sequence[Any]) -> tuple[Layer, ...]:
     return tuple(layers)
 
 
-def _check_child_params(where: str, params: Any, n: int) -> None:
+def _check_child_params(where: str, params: Any, n: int, what: str = "params") -> None:
     if not isinstance(params, (tuple, list)) or len(params) != n:
         got = (
             f"a {type(params).__name__} of length {len(params)}"
@@ -49,7 +52,7 @@ def _check_child_params(where: str, params: Any, n: int) -> None:
         )
         raise layer_error(
             where,
-            f"expected params as a tuple of {n} entries (one per layer), got {got}",
+            f"expected {what} as a tuple of {n} entries (one per layer), got {got}",
         )
 
 
@@ -79,10 +82,28 @@ class _Combinator(Builtin):
     def name(self) -> str:  # cached: a deep model's name is long, and errors ask for it
         return f"{type(self).__name__}({', '.join(layer.name for layer in self.layers)})"
 
-    def apply(self, params, x, *, key=None):
+    @functools.cached_property
+    def stateful(self) -> bool:
+        return any(layer.stateful for layer in self.layers)
+
+    def apply(self, params, x, *, key=None, state=None, train=False):
         # Under jit the steps are dead code, so apply and trace compile to the
         # same program and cannot drift apart.
-        return self.trace(params, x, key=key)[0]
+        out = self.trace(params, x, key=key, state=state, train=train)
+        return out[0] if state is None else (out[0], out[2])
+
+    def _states(self, state):
+        """One state per child (`None` each when no state is threaded)."""
+        if state is None:
+            if self.stateful:
+                raise missing_state(self)
+            return [None] * len(self.layers)
+        _check_child_params(self.name, state, len(self.layers), "state")
+        return list(state)
+
+    @staticmethod
+    def _done(y, steps, states, state):
+        return (y, steps) if state is None else (y, steps, tuple(states))
 
 
 @frozen(init=False)
@@ -112,17 +133,27 @@ class serial(_Combinator):
             params.append(p)
         return shape, tuple(params)
 
-    def trace(self, params, x, *, key=None):
+    def init_state(self, input_shape):
+        shape, states = input_shape, []
+        for i, layer in enumerate(self.layers):
+            with child_context(self.child_segment(i), layer):
+                states.append(layer.init_state(shape) if layer.stateful else ())
+                if i + 1 < len(self.layers):
+                    shape = output_shape(layer, shape)
+        return tuple(states)
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
         _check_child_params(self.name, params, len(self.layers))
+        states = self._states(state)
         steps: list[TraceStep] = []
         feed = -1
         keys = _split(self.name, key, len(self.layers))
         for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
             with child_context(self.child_segment(i), layer):
-                x, child_steps = layer.trace(p, x, key=k)
+                x, child_steps, states[i] = run(layer, p, x, k, states[i], train)
             steps += nest(child_steps, self.child_segment(i), i, len(steps), feed)
             feed = len(steps) - 1 if steps else feed
-        return x, steps
+        return self._done(x, steps, states, state)
 
 
 @frozen(init=False)
@@ -150,20 +181,28 @@ class parallel(_Combinator):
             params.append(p)
         return tuple(shapes), tuple(params)
 
-    def trace(self, params, x, *, key=None):
+    def init_state(self, input_shape):
+        states = []
+        for i, layer in enumerate(self.layers):
+            with child_context(self.child_segment(i), layer):
+                states.append(layer.init_state(input_shape) if layer.stateful else ())
+        return tuple(states)
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
         _check_child_params(self.name, params, len(self.layers))
+        states = self._states(state)
         outs, steps, ends = [], [], []
         keys = _split(self.name, key, len(self.layers))
         for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
             with child_context(self.child_segment(i), layer):
-                y, child_steps = layer.trace(p, x, key=k)
+                y, child_steps, states[i] = run(layer, p, x, k, states[i], train)
             outs.append(y)
             steps += nest(child_steps, self.child_segment(i), i, len(steps), -1)
             ends.append(len(steps) - 1)
         y = tuple(outs)
         # Its own step shows the tuple it made, so no value is hidden.
-        return y, steps + [TraceStep("", (), self.name, x, params, None, y, self, None,
-                                     tuple(ends))]
+        steps.append(TraceStep("", (), self.name, x, params, None, y, self, None, tuple(ends)))
+        return self._done(y, steps, states, state)
 
 
 @frozen
@@ -203,18 +242,33 @@ class residual(Builtin):
             )
         return shape, (p,)
 
-    def apply(self, params, x, *, key=None):
-        return self.trace(params, x, key=key)[0]
+    @property
+    def stateful(self) -> bool:
+        return self.layer.stateful
 
-    def trace(self, params, x, *, key=None):
+    def init_state(self, input_shape):
+        with child_context(self.child_segment(0), self.layer):
+            return (self.layer.init_state(input_shape),)
+
+    def apply(self, params, x, *, key=None, state=None, train=False):
+        out = self.trace(params, x, key=key, state=state, train=train)
+        return out[0] if state is None else (out[0], out[2])
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
         _check_child_params(self.name, params, 1)
         check_key(self.name, key, optional=True)
+        if state is None and self.stateful:
+            raise missing_state(self)
+        if state is not None:
+            _check_child_params(self.name, state, 1, "state")
         with child_context(self.child_segment(0), self.layer):
-            fx, child_steps = self.layer.trace(params[0], x, key=key)
+            fx, child_steps, inner = run(self.layer, params[0], x, key,
+                                         None if state is None else state[0], train)
         y = x + fx
         steps = nest(child_steps, self.child_segment(0), 0, 0, -1)
-        return y, steps + [TraceStep("", (), self.name, x, params, None, y, self, None,
-                                     (-1, len(steps) - 1))]
+        steps.append(TraceStep("", (), self.name, x, params, None, y, self, None,
+                               (-1, len(steps) - 1)))
+        return (y, steps) if state is None else (y, steps, (inner,))
 
     def flops(self, step):
         return size(step.output.shape)  # the sum

@@ -20,15 +20,23 @@ they were exported for.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
 import jax.export  # noqa: F401 - jax < 0.7 does not load it with `import jax`
 import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.forward import apply_batch
-from lamina._src.layer import Layer, Params, Shape, check_input_shape, check_layer_type, layer_error
+from lamina._src.forward import apply_batch, apply_batch_state
+from lamina._src.layer import (
+    Layer,
+    Params,
+    Shape,
+    check_input_shape,
+    check_layer_type,
+    layer_error,
+    missing_state,
+)
 from lamina._src.params import check_params
 
 
@@ -40,6 +48,7 @@ def export(
     batch: Union[str, int] = "dynamic",
     dtype: jnp.dtype = jnp.float32,
     platforms: Optional[Sequence[str]] = None,
+    state: Any = None,
 ) -> bytes:
     """Serializes the jitted, batched forward with its weights, as StableHLO bytes.
 
@@ -52,6 +61,9 @@ def export(
       dtype: the inputs' dtype.
       platforms: where the artifact may run, e.g. `("cpu", "cuda")`; the
         default is the platform jax runs on now.
+      state: the model's state, for a model with state (e.g. trained
+        `lm.BatchNorm` running statistics): baked in like the params, and
+        the artifact serves inference with it.
 
     Returns:
       The serialized `jax.export.Exported`; `load_exported(data)` runs it.
@@ -77,9 +89,14 @@ def export(
     else:
         raise layer_error("export", f'batch must be "dynamic" or an int >= 1, got {batch!r}')
     check_params(model, params, shape)
-    # Closing over params makes them constants of the program: the artifact
-    # is a function of the inputs alone.
-    fwd = jax.jit(lambda xs: apply_batch(model, params, xs))
+    if state is None and model.stateful:
+        raise missing_state(model)
+    # Closing over params (and state) makes them constants of the program:
+    # the artifact is a function of the inputs alone.
+    if state is None:
+        fwd = jax.jit(lambda xs: apply_batch(model, params, xs))
+    else:
+        fwd = jax.jit(lambda xs: apply_batch_state(model, params, xs, None, state, False)[0])
     exported = jax.export.export(fwd, platforms=platforms)(
         jax.ShapeDtypeStruct((batch_dim, *shape), dtype)
     )

@@ -49,6 +49,8 @@ class TraceStep(NamedTuple):
       sources: the positions, in the list of steps, of the steps whose
         outputs this layer received; `-1` is the model's input. `None`
         means the step just before (a user layer that does not say).
+      values: other named values the layer computed on the way, e.g.
+        BatchNorm's `{"mean", "var", "normalized"}`; `None` for none.
     """
 
     path: str
@@ -61,6 +63,7 @@ class TraceStep(NamedTuple):
     layer: Optional["Layer"] = None
     act: Optional[str] = None
     sources: Optional[tuple[int, ...]] = None
+    values: Optional[dict[str, Any]] = None
 
 
 class Layer:
@@ -79,6 +82,12 @@ class Layer:
         Pass it for a layer with sub-layers; the default is one step.
       kind: how `lm.visualize` draws the layer: `"dense"`, `"residual"`,
         `"parallel"`, or `"layer"` (inputs and outputs only).
+      init_state: for a layer with state (running statistics, counters),
+        `init_state(input_shape) -> state`; its apply is then
+        `apply(params, x, *, key=None, state, train=False) -> (y, new_state)`
+        and `train=True` runs under a `jax.vmap` named `"batch"` (use
+        `jax.lax.pmean(value, "batch")` for statistics of the whole batch).
+      stateful: whether the layer (or any layer inside it) has state.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -91,9 +100,16 @@ class Layer:
     kind: ClassVar[str] = "layer"
 
     def __init__(
-        self, init: InitFn, apply: ApplyFn, name: str, trace: Optional[Callable] = None
+        self,
+        init: InitFn,
+        apply: ApplyFn,
+        name: str,
+        trace: Optional[Callable] = None,
+        *,
+        init_state: Optional[Callable[[Shape], Any]] = None,
     ):
-        for arg, fn in (("init", init), ("apply", apply), ("trace", trace)):
+        for arg, fn in (("init", init), ("apply", apply), ("trace", trace),
+                        ("init_state", init_state)):
             if fn is not None and not callable(fn):
                 raise layer_error(
                     "Layer", f"{arg} must be a function, got {type(fn).__name__} {fn!r}",
@@ -108,6 +124,8 @@ class Layer:
         object.__setattr__(self, "name", name)
         if trace is not None:  # shadows the one-step trace below
             object.__setattr__(self, "trace", trace)
+        if init_state is not None:  # likewise: a layer with state
+            object.__setattr__(self, "init_state", init_state)
 
     def __setattr__(self, attr: str, value: Any) -> None:
         raise dataclasses.FrozenInstanceError(
@@ -115,7 +133,8 @@ class Layer:
         )
 
     def _key(self) -> tuple:
-        return (self.init, self.apply, self.name, self.__dict__.get("trace"))
+        return (self.init, self.apply, self.name, self.__dict__.get("trace"),
+                self.__dict__.get("init_state"))
 
     def __eq__(self, other: Any) -> bool:
         if type(other) is not type(self):
@@ -130,13 +149,28 @@ class Layer:
 
     def replace(self, **changes: Any) -> "Layer":
         """A copy with some configuration changed, e.g. `Dense(3).replace(act="relu")`."""
-        fields = dict(zip(("init", "apply", "name", "trace"), self._key()))
+        fields = dict(zip(("init", "apply", "name", "trace", "init_state"), self._key()))
         return Layer(**{**fields, **changes})
 
-    def trace(self, params: Params, x: Any, *, key: Optional[jax.Array] = None):
-        """`(y, steps)`: the output and one `TraceStep` for this layer."""
-        y = self.apply(params, x, key=key)
-        return y, [TraceStep("", (), self.name, x, params, None, y, self)]
+    @property
+    def stateful(self) -> bool:
+        """Whether the layer (or a layer inside it) has state, e.g. running statistics."""
+        return "init_state" in self.__dict__
+
+    def init_state(self, input_shape: Shape) -> Any:
+        """The layer's state for inputs of `input_shape`; `()` for a layer without."""
+        return ()
+
+    def trace(self, params: Params, x: Any, *, key: Optional[jax.Array] = None,
+              state: Any = None, train: bool = False):
+        """`(y, steps)`, or `(y, steps, new_state)` for a layer with state."""
+        if not self.stateful:
+            y = self.apply(params, x, key=key)
+            return y, [TraceStep("", (), self.name, x, params, None, y, self)]
+        if state is None:
+            raise missing_state(self)
+        y, new = self.apply(params, x, key=key, state=state, train=train)
+        return y, [TraceStep("", (), self.name, x, params, None, y, self)], new
 
     def flops(self, step: TraceStep) -> int:
         """Floating-point operations of one example through this layer (see `lm.summary`).
@@ -157,6 +191,9 @@ class Builtin(Layer):
 
     torch_names: ClassVar[dict[str, str]] = {}
     """How PyTorch names this layer's params: lamina key -> torch state-dict name."""
+
+    torch_state_names: ClassVar[dict[str, str]] = {}
+    """Likewise for its state (torch's buffers), e.g. BatchNorm's running statistics."""
 
     def torch_params(self, params: Params) -> dict[str, Any]:
         """This layer's params as torch state-dict entries, named within the torch module.
@@ -185,7 +222,11 @@ class Builtin(Layer):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def child_segment(self, i: int) -> str:
-        """The path segment of child layer `i`, e.g. `"serial[2]"` (`""`: none)."""
+        """The path segment of child layer `i`, e.g. `"serial[2]"`.
+
+        `""` means the child has no place of its own: it shares this layer's
+        params and state (e.g. `with_dtype`'s model).
+        """
         return f"{type(self).__name__}[{i}]"
 
     @classmethod
@@ -251,6 +292,72 @@ def as_dtype(name: str, arg: str, value: Any, optional: bool = False) -> Optiona
             TypeError,
         )
     return dtype
+
+
+def run(layer: Layer, params: Params, x: Any, key: Any = None, state: Any = None,
+        train: bool = False) -> tuple[Any, list[TraceStep], Any]:
+    """`(y, steps, new_state)` of any layer; a layer without state keeps `state`.
+
+    With `state=None` no state is threaded (and the new state is `None`); a
+    layer with state then raises, saying how to make its state.
+    """
+    if layer.stateful:
+        if state is None:
+            raise missing_state(layer)
+        return layer.trace(params, x, key=key, state=state, train=train)
+    y, steps = layer.trace(params, x, key=key)
+    return y, steps, state
+
+
+def abstract_init(layer: Layer, input_shape: Any, key: Any = None) -> tuple[Any, Params]:
+    """`layer.init` under `jax.eval_shape`: `(output_shape, params of ShapeDtypeStruct)`."""
+    shapes = []
+
+    def params_only(k):
+        out, params = layer.init(k, input_shape)
+        shapes.append(out)  # a Python value, which eval_shape cannot return
+        return params
+
+    params = jax.eval_shape(params_only, jax.random.key(0) if key is None else key)
+    return shapes[0], params
+
+
+def output_shape(layer: Layer, input_shape: Any) -> Any:
+    """The shape of `layer`'s output for inputs of `input_shape`, without computing."""
+    return abstract_init(layer, input_shape)[0]
+
+
+def missing_state(layer: Layer) -> Exception:
+    """The error for running a layer with state without passing its state."""
+    path, inner = stateful_part(layer)
+    return layer_error(
+        inner.name,
+        "this layer has state (e.g. running statistics), so pass it: "
+        "state = lm.init_state(model, input_shape), then apply(params, x, state=state) "
+        "returns (y, state), as do lm.forward(model)(params, xs, state=state) and the "
+        "train step",
+    )._under(path)
+
+
+def stateful_part(layer: Layer, path: str = "") -> tuple[str, Layer]:
+    """`(path, layer)` of the first layer with state of its own inside `layer`."""
+    for segment, child in children(layer):
+        if child.stateful:
+            return stateful_part(child, join_path(path, segment))
+    return path, layer
+
+
+def children(layer: Layer) -> list[tuple[str, Layer]]:
+    """`(path segment, child)` for each layer a combinator holds, in order."""
+    if not isinstance(layer, Builtin):
+        return []
+    found = []
+    for value in layer.config().values():
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, Layer):
+                found.append((layer.child_segment(len(found)), item))
+    return found
 
 
 def nest(steps: list[TraceStep], segment: str, i: int, offset: int, feed: int) -> list[TraceStep]:

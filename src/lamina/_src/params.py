@@ -8,7 +8,15 @@ import jax
 import jax.numpy as jnp
 
 from lamina._src.errors import transposed_hint
-from lamina._src.layer import Layer, Params, Shape, check_layer_type, layer_error
+from lamina._src.layer import (
+    Layer,
+    Params,
+    Shape,
+    abstract_init,
+    check_layer_type,
+    layer_error,
+    run,
+)
 
 
 def param_shapes(
@@ -42,15 +50,7 @@ def param_shapes(
       ((10,), (256, 784))
     """
     check_layer_type("param_shapes", model)
-    out_shapes = []
-
-    def params_only(k):
-        out_shape, params = model.init(k, input_shape)
-        out_shapes.append(out_shape)
-        return params
-
-    params = jax.eval_shape(params_only, jax.random.key(0) if key is None else key)
-    return out_shapes[0], params
+    return abstract_init(model, input_shape, key)
 
 
 def path_str(path: tuple[Any, ...]) -> str:
@@ -108,7 +108,8 @@ def _first_difference(want: Any, got: Any, path: tuple) -> Optional[tuple[tuple,
 
 
 def abstract_trace(
-    model: Layer, params: Params, input_shape: Shape, input_dtype: Any = jnp.float32
+    model: Layer, params: Params, input_shape: Shape, input_dtype: Any = jnp.float32,
+    state: Any = None,
 ) -> list:
     """`lm.trace` under `jax.eval_shape`: every step, with shapes in place of values.
 
@@ -121,17 +122,21 @@ def abstract_trace(
     def as_shapes(tree):
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
-    def run(params, x):
-        y, trace = model.trace(params, x)
+    def run_abstract(params, x, state):
+        y, trace, _ = run(model, params, x, None, state)
         # Only shapes may leave: the values are tracers.
         steps.extend(
             s._replace(input=as_shapes(s.input), params=as_shapes(s.params),
-                       weighted_sum=as_shapes(s.weighted_sum), output=as_shapes(s.output))
+                       weighted_sum=as_shapes(s.weighted_sum), output=as_shapes(s.output),
+                       values=as_shapes(s.values))
             for s in trace
         )
         return y
 
-    jax.eval_shape(run, params, jax.ShapeDtypeStruct(tuple(input_shape), input_dtype))
+    if state is None and model.stateful:
+        state = jax.eval_shape(lambda: model.init_state(input_shape))
+    jax.eval_shape(run_abstract, params, jax.ShapeDtypeStruct(tuple(input_shape), input_dtype),
+                   state)
     return steps
 
 

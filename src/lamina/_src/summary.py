@@ -58,6 +58,9 @@ class Summary(NamedTuple):
       params: total number of parameters.
       flops: total FLOPs per example.
       param_bytes: memory the parameters take, in bytes.
+      state: number of state values (e.g. BatchNorm's running statistics),
+        which the forward pass updates and the optimizer does not train.
+      state_bytes: memory the state takes, in bytes.
     """
 
     name: str
@@ -67,6 +70,8 @@ class Summary(NamedTuple):
     params: int
     flops: int
     param_bytes: int
+    state: int = 0
+    state_bytes: int = 0
 
     def __str__(self) -> str:
         header = ("path", "layer", "output", "params", "FLOPs")
@@ -88,6 +93,8 @@ class Summary(NamedTuple):
             + [fmt(line) for line in lines]
             + [rule, fmt(total), f"parameter memory: {_human_bytes(self.param_bytes)}; "
                "FLOPs per example, multiply-add = 2"]
+            + ([f"state (not trained): {self.state:,} values, "
+                f"{_human_bytes(self.state_bytes)}"] if self.state else [])
         )
 
 
@@ -124,7 +131,8 @@ def summary(
     """
     check_layer_type("summary", model)
     output_shape, params = param_shapes(model, input_shape)
-    steps = abstract_trace(model, params, input_shape, input_dtype)
+    state = jax.eval_shape(lambda: model.init_state(input_shape)) if model.stateful else None
+    steps = abstract_trace(model, params, input_shape, input_dtype, state)
     rows = []
     for step in steps:
         # residual and parallel add a step of their own after their
@@ -144,11 +152,17 @@ def summary(
         rows=tuple(rows),
         params=sum(leaf.size for leaf in leaves),
         flops=sum(row.flops for row in rows),
-        param_bytes=sum(leaf.size * np.dtype(leaf.dtype).itemsize for leaf in leaves),
+        param_bytes=_bytes(leaves),
+        state=sum(leaf.size for leaf in jax.tree.leaves(state)),
+        state_bytes=_bytes(jax.tree.leaves(state)),
     )
     if show:
         print(result)
     return result
+
+
+def _bytes(leaves: list) -> int:
+    return sum(leaf.size * np.dtype(leaf.dtype).itemsize for leaf in leaves)
 
 
 def _human_bytes(n: int) -> str:

@@ -4,10 +4,12 @@
 of any layer: `init` tells the truth about shapes, params are finite, `apply`
 is a pure function that `jax.jit`, `jax.vmap` and `jax.grad` transform
 correctly, and the output has the expected dtype. Float inputs and integer
-inputs (token ids) are both supported. It stops at the first broken
-property and raises a `LayerCheckError` (an `AssertionError`) naming the
-property, the layer and the numbers. `parametrize(cases)` makes one pytest
-test per layer of a list.
+inputs (token ids) are both supported. A layer with state (e.g.
+`lm.BatchNorm`) is checked in inference mode at its `init_state`, and its
+state must stay put in inference and come from the whole batch in training.
+It stops at the first broken property and raises a `LayerCheckError` (an
+`AssertionError`) naming the property, the layer and the numbers.
+`parametrize(cases)` makes one pytest test per layer of a list.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from jax.flatten_util import ravel_pytree
 from jax.test_util import check_grads
 
 from lamina._src.errors import LaminaError
+from lamina._src.forward import BATCH_AXIS
 from lamina._src.layer import Layer, Params, check_key, check_layer_type, layer_error, shape_of
 from lamina._src.params import param_shapes, path_str
 
-PROPERTIES = ("shape", "finite", "deterministic", "jit", "retrace", "vmap", "gradient", "dtype")
+PROPERTIES = ("shape", "finite", "deterministic", "jit", "retrace", "vmap", "gradient", "dtype",
+              "state")
 """The properties `check_layer` checks, in the order it checks them."""
 
 # `with enable_x64(True):` turns float64 on inside the block and restores the
@@ -69,7 +73,7 @@ def _kind(error: BaseException) -> str:
 
 
 class _Case(NamedTuple):
-    layer: Layer
+    layer: Layer  # stateless: for a layer with state, its inference view at `state`
     params: Params
     x: Any  # one example
     xs: Any  # `batch` examples
@@ -78,6 +82,8 @@ class _Case(NamedTuple):
     input_dtype: np.dtype  # of every input leaf
     rtol: float
     atol: float
+    stateful: Optional[Layer] = None  # the layer with state that `layer` views
+    state: Any = None  # its state from init_state
 
 
 def check_layer(
@@ -98,8 +104,10 @@ def check_layer(
     In order, stopping at the first failure:
 
     - `shape`: the output shape `init` declares is the shape `apply` returns,
-      and `jax.eval_shape(init)` agrees with `init` (tree, shapes, dtypes).
-    - `finite`: params and the output hold no NaN or infinity.
+      and `jax.eval_shape(init)` agrees with `init` (tree, shapes, dtypes);
+      for a layer with state, `jax.eval_shape` of `init_state` agrees with
+      `init_state` too.
+    - `finite`: params, the state and the output hold no NaN or infinity.
     - `deterministic`: two `apply` calls with `key=None` give bit-identical
       outputs, and so do two calls with the same key.
     - `jit`: `jax.jit(apply)` equals `apply`, with and without a key.
@@ -124,6 +132,20 @@ def check_layer(
       is no gradient with respect to the input: only params are checked.
       Inference mode (`key=None`).
     - `dtype`: the output (every leaf) has dtype `dtype`.
+    - `state` (layers with state only), in order: inference (`train=False`)
+      returns the state unchanged, bit for bit, same tree and dtypes;
+      training (`train=True`) under `jax.vmap(..., axis_name="batch",
+      out_axes=(0, None))` over `batch` examples (each with its own key)
+      returns a new state with the tree, shapes and dtypes of `init_state`'s
+      and finite values, the same for every example (a state taken from one
+      example, not reduced with `jax.lax.pmean(value, "batch")`, fails);
+      a second training call on the same batch and keys returns a
+      bit-identical state; and `jax.jit` of the training call equals it.
+
+    For a layer with state (`layer.stateful`), `state = layer.init_state(
+    input_shape)` and every property but `state` checks the inference-mode
+    function `apply(params, x, key=None) = layer.apply(params, x, key=key,
+    state=state)[0]` (the gradient check runs it with the state in float64).
 
     Float inputs are standard normal, drawn in float32 from `key` and cast
     to `input_dtype`; integer inputs are uniform in `[0, int_high)`, so by
@@ -175,6 +197,7 @@ def check_layer(
       >>> embed = lm.Layer(lambda k, s: (s + (3,), {"W": jax.random.normal(k, (10, 3))}),
       ...                  lambda p, ids, *, key=None: p["W"][ids], "Embed")
       >>> lm.testing.check_layer(embed, (5,), input_dtype=jnp.int32, int_high=10)
+      >>> lm.testing.check_layer(lm.BatchNorm(), (3, 5))  # a layer with state
     """
     check_layer_type("check_layer", layer)
     input_shape = _as_input_shape(input_shape)
@@ -195,8 +218,12 @@ def check_layer(
 
     init_key, apply_key = jax.random.split(key)
     x = draw()
-    params, y = _check_shape(layer, init_key, input_shape, x)
-    case = _Case(layer, params, x, draw(batch), y, apply_key, input_dtype, rtol, atol)
+    stateful, state, view = None, None, layer
+    if layer.stateful:  # every check but the last sees it in inference mode
+        stateful, state = layer, _check_init_state(layer, input_shape)
+        view = _inference_view(layer, state)
+    params, y = _check_shape(view, init_key, input_shape, x)
+    case = _Case(view, params, x, draw(batch), y, apply_key, input_dtype, rtol, atol, stateful, state)
     _check_finite(case)
     y_key = _check_deterministic(case)
     jitted = _check_jit(case, y_key)
@@ -204,6 +231,8 @@ def check_layer(
     _check_vmap(case, jitted)
     _check_gradient(case, rng, grad_eps, draw())
     _check_dtype(case, dtype)
+    if stateful is not None:
+        _check_state(case)
 
 
 def parametrize(cases: Sequence[tuple[Layer, Any]]) -> Any:
@@ -284,37 +313,77 @@ def _check_shape(layer, key, input_shape, x):
     return params, y
 
 
-def _compare_abstract(name: str, abstract: Any, params: Params) -> None:
-    if jax.tree.structure(abstract) != jax.tree.structure(params):
+def _check_init_state(layer: Layer, input_shape: Any) -> Any:
+    """`layer.init_state(input_shape)`, checked against `jax.eval_shape` of it."""
+    name = layer.name
+    with _checking("shape", name, f"init_state({input_shape})"):
+        state = layer.init_state(input_shape)
+    with _checking("shape", name, "jax.eval_shape(init_state)"):
+        abstract = jax.eval_shape(lambda: layer.init_state(input_shape))
+    _compare_abstract(name, abstract, state, what="state", fn="init_state")
+    return state
+
+
+def _inference_view(layer: Layer, state: Any) -> Layer:
+    """`layer` in inference mode at `state`, as a layer without state.
+
+    Its apply is `apply(params, x, *, key=None) -> y`, the `y` of
+    `layer.apply(params, x, key=key, state=state, train=False)`.
+    """
+
+    def apply(params, x, *, key=None):
+        out = layer.apply(params, x, key=key, state=state, train=False)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise layer_error(
+                layer.name,
+                f"a layer with state must return (y, new_state) from apply, got "
+                f"{type(out).__name__}",
+                TypeError,
+            )
+        return out[0]
+
+    return Layer(layer.init, apply, layer.name)
+
+
+def _compare_abstract(name: str, abstract: Any, tree: Any, what: str = "params",
+                      fn: str = "init") -> None:
+    """`tree` (`what`, made by `fn`) against `abstract`, `fn` under `jax.eval_shape`."""
+    if jax.tree.structure(abstract) != jax.tree.structure(tree):
         raise LayerCheckError(
             "shape", name,
-            f"jax.eval_shape(init) gives params tree {jax.tree.structure(abstract)}, "
-            f"but init gives {jax.tree.structure(params)}",
+            f"jax.eval_shape({fn}) gives {what} tree {jax.tree.structure(abstract)}, "
+            f"but {fn} gives {jax.tree.structure(tree)}",
         )
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(abstract),
-                                 jax.tree.leaves(params)):
+                                 jax.tree.leaves(tree)):
         got_shape, got_dtype = tuple(jnp.shape(got)), jnp.result_type(got)
         if (tuple(want.shape), want.dtype) != (got_shape, got_dtype):
             raise LayerCheckError(
                 "shape", name,
-                f"params leaf {path_str(path) or '(root)'!r}: jax.eval_shape(init) "
-                f"gives {want.dtype}{list(want.shape)}, init gives {got_dtype}{list(got_shape)}",
+                f"{what} leaf {path_str(path) or '(root)'!r}: jax.eval_shape({fn}) "
+                f"gives {want.dtype}{list(want.shape)}, {fn} gives {got_dtype}{list(got_shape)}",
             )
 
 
 def _check_finite(case: _Case) -> None:
-    for what, tree in (("params", case.params), ("output of apply(params, x)", case.y)):
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-                continue
-            values = np.asarray(leaf, np.float64)
-            bad = int(np.sum(~np.isfinite(values)))
-            if bad:
-                raise LayerCheckError(
-                    "finite", case.layer.name,
-                    f"{what} at {path_str(path) or '(root)'!r} (shape {values.shape}) holds "
-                    f"{bad} NaN or infinite value(s) out of {values.size}",
-                )
+    for what, tree in (("params", case.params), ("state from init_state", case.state),
+                       ("output of apply(params, x)", case.y)):
+        bad = _non_finite(tree)
+        if bad:
+            raise LayerCheckError("finite", case.layer.name, f"{what} at {bad}")
+
+
+def _non_finite(tree: Any) -> str:
+    """Where `tree` first holds NaN or infinity, e.g. `"'W' (shape (3,)) holds 1 ..."`; `""` if nowhere."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            continue
+        values = np.asarray(leaf, np.float64)
+        bad = int(np.sum(~np.isfinite(values)))
+        if bad:
+            return (f"{path_str(path) or '(root)'!r} (shape {values.shape}) holds "
+                    f"{bad} NaN or infinite value(s) out of {values.size}")
+    return ""
 
 
 def _check_deterministic(case: _Case) -> Any:
@@ -486,12 +555,14 @@ def _in_float64(case: _Case):
     """`(apply64, float_params, x)`: apply as a function of the float params leaves."""
     leaves, treedef = jax.tree.flatten(case.params)
     where = [i for i, leaf in enumerate(leaves) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
+    # A float32 state would make the layer compute in float32, loosening the check.
+    layer = case.layer if case.stateful is None else _inference_view(case.stateful, _as_float64(case.state))
 
     def apply64(float_leaves, x):
         full = list(leaves)
         for i, leaf in zip(where, float_leaves):
             full[i] = leaf
-        return case.layer.apply(jax.tree.unflatten(treedef, full), x)
+        return layer.apply(jax.tree.unflatten(treedef, full), x)
 
     return apply64, [_as_float64(leaves[i]) for i in where], _as_float64(case.x)
 
@@ -548,6 +619,129 @@ def _check_dtype(case: _Case, want: Any) -> None:
                 f"for {case.input_dtype} input the output{where} has dtype {got}, expected "
                 f"{want} (pass dtype= to check_layer for a layer with its own compute dtype)",
             )
+
+
+def _train_batch(layer: Layer, out_axes: Any = (0, None)):
+    """`train(params, state, xs, keys) -> (ys, new_state)`: one training call over a batch."""
+
+    def train(params, state, xs, keys):
+        def one(x, k):
+            return layer.apply(params, x, key=k, state=state, train=True)
+
+        return jax.vmap(one, out_axes=out_axes, axis_name=BATCH_AXIS)(xs, keys)
+
+    return train
+
+
+def _check_state(case: _Case) -> None:
+    """Inference keeps the state; training makes one state per batch, the same each time and under jit."""
+    layer, params, state = case.stateful, case.params, case.state
+    name, n = layer.name, jax.tree.leaves(case.xs)[0].shape[0]
+    with _checking("state", name, "apply(params, x, state=state, train=False)"):
+        _, kept = layer.apply(params, case.x, state=state, train=False)
+    mismatch = _state_mismatch(state, kept)
+    if mismatch:
+        raise LayerCheckError("state", name,
+                              f"inference (train=False) must return the state unchanged, but {mismatch}")
+
+    training = (f"training (train=True) under jax.vmap(..., axis_name={BATCH_AXIS!r}, "
+                f"out_axes=(0, None)) over {n} examples")
+    train, keys = _train_batch(layer), jax.random.split(case.key, n)
+    with _checking("state", name, training):
+        try:
+            ys, new = train(params, state, case.xs, keys)
+        except ValueError as error:
+            if "but out_axes is None" not in str(error):  # jax.vmap's words for it
+                raise
+            varying = _varying_leaves(layer, params, state, case.xs, keys)
+            raise LayerCheckError(
+                "state", name,
+                f"in {training} the new state differs between examples{varying}; a layer "
+                f"with state must reduce over the batch, e.g. with "
+                f"jax.lax.pmean(value, {BATCH_AXIS!r}) (jax.vmap said: {error})",
+            ) from error
+    mismatch = _state_mismatch(state, new, values=False)
+    if mismatch:
+        raise LayerCheckError("state", name,
+                              f"{training} must return a state like init_state's, but {mismatch}")
+    bad = _non_finite(new)
+    if bad:
+        raise LayerCheckError("state", name, f"{training} returns a state whose leaf {bad}")
+
+    with _checking("state", name, f"{training}, a second time"):
+        _, again = train(params, state, case.xs, keys)
+    mismatch = _state_mismatch(new, again)
+    if mismatch:
+        raise LayerCheckError(
+            "state", name,
+            f"two calls of {training} with the same batch and keys must return the same "
+            f"state, but {mismatch}",
+        )
+
+    rtol, atol = _tolerance(case)
+    with _checking("state", name, f"jax.jit of {training}"):
+        ys_jit, new_jit = jax.jit(train)(params, state, case.xs, keys)
+    with _checking("state", name, "", f"the new state of jax.jit({training}) differs from eager"):
+        chex.assert_trees_all_close(new_jit, new, rtol=rtol, atol=atol)
+    with _checking("state", name, "", f"the output of jax.jit({training}) differs from eager"):
+        chex.assert_trees_all_close(ys_jit, ys, rtol=rtol, atol=atol)
+
+
+def _varying_leaves(layer: Layer, params: Params, state: Any, xs: Any, keys: jax.Array) -> str:
+    """Which state leaves differ between examples, and by how much: `": leaf 'ema' by up to 2.1"`."""
+    try:
+        _, per_example = _train_batch(layer, out_axes=0)(params, state, xs, keys)
+    except Exception:  # noqa: BLE001 - only a hint for the message
+        return ""
+    found = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(per_example):
+        values = _number(_host(leaf))
+        if values.size and np.any(values != values[:1]):
+            spread = float(np.max(np.abs(values - values[:1])))
+            found.append(f"leaf {path_str(path) or '(root)'!r} by up to {spread:.3g}")
+    return f": {', '.join(found)}" if found else ""
+
+
+def _state_mismatch(want: Any, got: Any, values: bool = True) -> str:
+    """What first differs between two states, as a phrase; `""` if nothing does.
+
+    Compares tree, then each leaf's shape and dtype, then (with `values`)
+    its bits.
+    """
+    if jax.tree.structure(got) != jax.tree.structure(want):
+        return f"the state tree is {jax.tree.structure(got)}, expected {jax.tree.structure(want)}"
+    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
+        where = f"state leaf {path_str(path) or '(root)'!r}"
+        (w_shape, w_dtype), (g_shape, g_dtype) = _spec(w), _spec(g)
+        if (g_shape, g_dtype) != (w_shape, w_dtype):
+            return f"{where} is {g_dtype}{list(g_shape)}, expected {w_dtype}{list(w_shape)}"
+        if not values or not np.size(w):
+            continue
+        a, b = _host(w), _host(g)
+        # Bits, element by element: -0.0 is not 0.0, and NaN is NaN.
+        differ = np.any(a.view(np.uint8).reshape(a.size, -1) != b.view(np.uint8).reshape(b.size, -1),
+                        axis=1)
+        if np.any(differ):
+            diff = np.max(np.abs(_number(a) - _number(b)))
+            return (f"{where} (shape {w_shape}) differs in {int(np.sum(differ))} of {a.size} "
+                    f"value(s), max absolute difference {diff:.3g}")
+    return ""
+
+
+def _spec(leaf: Any) -> tuple[tuple[int, ...], Any]:
+    return tuple(jnp.shape(leaf)), jnp.result_type(leaf)
+
+
+def _host(leaf: Any) -> np.ndarray:
+    """A state leaf as a NumPy array; a PRNG key as its key data."""
+    if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.ascontiguousarray(leaf)
+
+
+def _number(a: np.ndarray) -> np.ndarray:
+    """`a` in a dtype that subtracts: complex128 or float64."""
+    return a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
 
 
 def _min_float_bits(tree: Any) -> int:

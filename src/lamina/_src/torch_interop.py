@@ -1,22 +1,26 @@
-"""PyTorch exchange: lamina params to and from `nn.Sequential` state dicts.
+"""PyTorch exchange: lamina params (and state) to and from torch state dicts.
 
-lamina's `Dense` stores `W` as `(out, in)` and `b` as `(out,)`, exactly like
-`torch.nn.Linear`'s `weight` and `bias`, so weights cross unchanged: no
-transposes. `LayerNorm`'s `scale`/`offset` are torch's `weight`/`bias`.
+lamina keeps PyTorch's layouts (`Dense` stores `W` as `(out, in)` like
+`nn.Linear`'s `weight`), so weights cross unchanged: no transposes. Each of
+lamina's layers says how torch names its params (`torch_names`, or
+`torch_params` for fused weights) and its state (`torch_state_names`, e.g.
+BatchNorm's `running_mean`).
 
-Layers are matched in order: the n-th weighted lamina layer (in params tree
-order) takes the n-th torch module with weights (in state-dict order). Only
-order matters because torch's activations are modules with their own index
-(`Linear, ReLU, Linear` holds keys `0.*` and `2.*`) while lamina's can be
-fused into `Dense`. torch is never imported here: tensors are read through
-their own `.detach().cpu().numpy()`, and a safetensors file written by
-PyTorch needs no torch at all.
+Layers are matched in order: the n-th lamina layer with weights takes the
+n-th torch module with weights, in state-dict order. Only order matters
+because torch's activations are modules with their own index (`Linear,
+ReLU, Linear` holds keys `0.*` and `2.*`) while lamina's can be fused into
+`Dense`. With the model (`like=(model, input_shape)`), each layer is matched
+by the names it expects, so a block whose torch module orders its keys
+differently from the order its layers run still maps. torch is never
+imported here: tensors are read through their own `.detach().cpu().numpy()`,
+and a safetensors file written by PyTorch needs no torch at all.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -25,18 +29,21 @@ import numpy as np
 
 from lamina._src.checkpoint import read_safetensors
 from lamina._src.errors import transposed_hint
-from lamina._src.layer import Params, layer_error
-from lamina._src.params import params_like, path_str
-
-# lamina kind -> (its params key -> torch's name)
-_TORCH_NAMES = {
-    "Dense": {"W": "weight", "b": "bias"},
-    "LayerNorm": {"scale": "weight", "offset": "bias"},
-}
+from lamina._src.layer import Builtin, Layer, Params, children, layer_error
+from lamina._src.params import param_shapes, path_str
 
 
-def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], like: Any) -> Params:
-    """lamina params from a PyTorch state dict or a safetensors file, no transposes.
+class _Unit(NamedTuple):
+    """One lamina layer with weights and the torch names of its tensors."""
+
+    path: tuple            # where its params sit in the params tree
+    name: str              # what to call it in messages
+    tensors: dict          # torch local name -> array (or ShapeDtypeStruct), params and state
+    lamina: dict           # torch local name -> ("params" | "state", lamina key)
+
+
+def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], like: Any) -> Any:
+    """lamina params (and state) from a PyTorch state dict or a safetensors file, no transposes.
 
     Args:
       state_dict: `torch_model.state_dict()` (values torch tensors or arrays),
@@ -50,7 +57,10 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
 
     Returns:
       A params tree shaped like `like`, leaves as `jax.Array` in `like`'s
-      dtypes (bit-exact when the dtypes agree).
+      dtypes (bit-exact when the dtypes agree). For a `(model, input_shape)`
+      pair whose model has state (e.g. `lm.BatchNorm`), `(params, state)`
+      with torch's buffers (`running_mean`, `running_var`,
+      `num_batches_tracked`) in the state.
 
     Raises:
       ValueError: the torch modules and lamina's weighted layers differ in
@@ -66,51 +76,62 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
       >>> params[1]["W"].shape
       (2, 4)
     """
-    where = "from_torch"
-    if isinstance(state_dict, (str, os.PathLike)):
-        where = f"from_torch({os.fspath(state_dict)!r})"
-        tensors = read_safetensors(state_dict, where)
-        # A file keeps no module order, so Sequential's numbering gives it.
-        state = {k: tensors[k] for k in sorted(tensors, key=_natural_order)}
-    elif isinstance(state_dict, Mapping):
-        state = {k: _to_numpy(v) for k, v in state_dict.items()}
+    where, torch = _read_torch(state_dict)
+    model = None
+    if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
+        model, input_shape = like
+        like = param_shapes(model, input_shape)[1]
+        state_like = model.init_state(input_shape) if model.stateful else None
+        if state_like is not None:
+            state_like = jax.eval_shape(lambda: model.init_state(input_shape))
+        units = _model_units(model, like, state_like, where)
     else:
-        raise layer_error(
-            where,
-            f"expected a torch state dict or the path of a safetensors file, got "
-            f"{type(state_dict).__name__}",
-            TypeError,
-        )
-    like = params_like(like)
-    values = {}
-    for path, kind, node, names in _pairs(_units(like, where), list(state), where):
-        for key, torch_name in _TORCH_NAMES[kind].items():
-            if key not in node:
-                continue
-            torch_key, lamina_path = names[torch_name], path_str(path + (key,))
-            want, got = tuple(np.shape(node[key])), tuple(state[torch_key].shape)
-            if got != want:
+        state_like = None
+        units = _tree_units(like, None, where)
+    values: dict[tuple, Any] = {}
+    for unit, names in _match(units, list(torch), where):
+        for local, (which, key) in unit.lamina.items():
+            want = unit.tensors[local]
+            torch_key = names[local]
+            got = tuple(torch[torch_key].shape)
+            if got != tuple(want.shape):
                 raise layer_error(
                     where,
-                    f"torch {torch_key!r} has shape {got}, but lamina {lamina_path!r} "
-                    f"({kind}) expects {want}{transposed_hint(want, got)}",
+                    f"torch {torch_key!r} has shape {got}, but lamina "
+                    f"{path_str(unit.path + (key,))!r} ({unit.name}) expects "
+                    f"{tuple(want.shape)}{transposed_hint(want.shape, got)}",
                 )
-            values[lamina_path] = jnp.asarray(state[torch_key], dtype=node[key].dtype)
-    return jax.tree_util.tree_map_with_path(lambda p, _: values[path_str(p)], like)
+            values[(which,) + unit.path + (key,)] = jnp.asarray(torch[torch_key], want.dtype)
+    params = _fill(like, "params", values)
+    if model is None or state_like is None:
+        return params
+    return params, _fill(state_like, "state", values)
 
 
 def to_torch(
-    params: Params, like: Optional[Union[Mapping[str, Any], Sequence[str]]] = None
+    params: Params,
+    like: Optional[Union[Mapping[str, Any], Sequence[str]]] = None,
+    *,
+    state: Any = None,
+    model: Optional[Layer] = None,
 ) -> dict[str, np.ndarray]:
-    """A PyTorch state dict from lamina params, no transposes.
+    """A PyTorch state dict from lamina params (and state), no transposes.
 
     Args:
-      params: lamina params holding `Dense` (and `LayerNorm`) params.
+      params: lamina params.
       like: optional, the torch keys to fill: `torch_model.state_dict()` (its
         shapes are checked too) or its list of keys. Without it, keys follow
-        lamina's tree paths, `W -> weight` and `b -> bias` (`"0.weight"`),
-        which fits an `nn.Sequential` whose indices match lamina's, e.g.
-        `lm.serial(Dense, Relu(), Dense)` and `Linear, ReLU, Linear`.
+        lamina's tree paths (`"0.weight"`), which fits an `nn.Sequential`
+        whose indices match lamina's, e.g. `lm.serial(Dense, Relu(), Dense)`
+        and `Linear, ReLU, Linear`.
+      state: the model's state, e.g. from training a model with
+        `lm.BatchNorm`: fills torch's buffers (`running_mean`,
+        `running_var`, `num_batches_tracked`).
+      model: optional, the model the params belong to; each layer then says
+        its own torch names. Without it, layers are recognised by their
+        params: `{"W", "b"}` as `nn.Linear` (or a convolution), `{"scale",
+        "offset"}` as `nn.LayerNorm`, or `nn.BatchNorm` where `state` holds
+        running statistics.
 
     Returns:
       `{torch key: np.ndarray}` in `like`'s key order (or tree order); pass
@@ -129,58 +150,117 @@ def to_torch(
       {'0.weight': (4, 3), '0.bias': (4,), '2.weight': (2, 4), '2.bias': (2,)}
     """
     where = "to_torch"
-    units = _units(params, where)
+    if model is not None:
+        units = _model_units(model, params, state if model.stateful else None, where)
+    else:
+        units = _tree_units(params, state, where)
     if like is None:
-        keys = []
-        for path, kind, node in units:
-            prefix = path_str(path)
-            for key, torch_name in _TORCH_NAMES[kind].items():
-                if key in node:
-                    keys.append(f"{prefix}.{torch_name}" if prefix else torch_name)
-        like = keys
+        like = [
+            f"{path_str(u.path)}.{local}" if u.path else local
+            for u in units for local in u.tensors
+        ]
     if isinstance(like, (str, bytes)) or not isinstance(like, (Mapping, Sequence)):
         raise layer_error(
             where, f"like must be a torch state dict or a list of its keys, got {like!r}", TypeError
         )
     shapes = {k: tuple(v.shape) for k, v in like.items()} if isinstance(like, Mapping) else {}
     values = {}
-    for path, kind, node, names in _pairs(units, list(like), where):
-        for key, torch_name in _TORCH_NAMES[kind].items():
-            if key not in node:
-                continue
-            torch_key, value = names[torch_name], np.array(node[key])
+    for unit, names in _match(units, list(like), where):
+        for local, (_, key) in unit.lamina.items():
+            torch_key, value = names[local], np.array(unit.tensors[local])
             if torch_key in shapes and shapes[torch_key] != value.shape:
                 raise layer_error(
                     where,
-                    f"lamina {path_str(path + (key,))!r} has shape {value.shape}, but torch "
-                    f"{torch_key!r} expects {shapes[torch_key]}"
+                    f"lamina {path_str(unit.path + (key,))!r} has shape {value.shape}, but "
+                    f"torch {torch_key!r} expects {shapes[torch_key]}"
                     f"{transposed_hint(shapes[torch_key], value.shape)}",
                 )
             values[torch_key] = value
     return {k: values[k] for k in like}
 
 
-def _units(params: Any, where: str) -> list[tuple[tuple, str, Mapping]]:
-    """The weighted layers of a params tree in order: `(path, kind, params)`."""
-    units = []
+def _read_torch(state_dict: Any) -> tuple[str, dict[str, np.ndarray]]:
+    if isinstance(state_dict, (str, os.PathLike)):
+        where = f"from_torch({os.fspath(state_dict)!r})"
+        tensors = read_safetensors(state_dict, where)
+        # A file keeps no module order, so Sequential's numbering gives it.
+        return where, {k: tensors[k] for k in sorted(tensors, key=_natural_order)}
+    if isinstance(state_dict, Mapping):
+        return "from_torch", {k: _to_numpy(v) for k, v in state_dict.items()}
+    raise layer_error(
+        "from_torch",
+        f"expected a torch state dict or the path of a safetensors file, got "
+        f"{type(state_dict).__name__}",
+        TypeError,
+    )
 
-    def walk(node, path):
+
+def _unit(path: tuple, name: str, names: Mapping[str, str], params: Mapping,
+          state_names: Mapping[str, str] = {}, state: Any = None) -> _Unit:
+    tensors, lamina = {}, {}
+    for key, local in names.items():
+        if key in params:
+            tensors[local], lamina[local] = params[key], ("params", key)
+    for key, local in state_names.items():
+        if isinstance(state, Mapping) and key in state:
+            tensors[local], lamina[local] = state[key], ("state", key)
+    return _Unit(path, name, tensors, lamina)
+
+
+def _model_units(model: Layer, params: Any, state: Any, where: str) -> list[_Unit]:
+    """The layers of `model` with weights, in the order they run, as the model says."""
+    units: list[_Unit] = []
+
+    def walk(layer, params, state, path):
+        if isinstance(layer, Builtin) and (layer.torch_names or layer.torch_state_names):
+            units.append(_unit(path, type(layer).__name__, layer.torch_names, params,
+                               layer.torch_state_names, state))
+            return
+        kids = children(layer)
+        if kids:
+            for i, (segment, child) in enumerate(kids):
+                shared = segment == ""  # e.g. with_dtype: the child's params are its own
+                walk(child, params if shared else params[i],
+                     state if shared or not isinstance(state, tuple) or not state else state[i],
+                     path if shared else path + (i,))
+            return
+        if jax.tree.leaves(params):
+            raise layer_error(
+                where,
+                f"{layer.name} at {path_str(path) or '(root)'!r} has params but no torch "
+                f"counterpart lamina knows",
+            )
+
+    walk(model, params, state, ())
+    return units
+
+
+def _tree_units(params: Any, state: Any, where: str) -> list[_Unit]:
+    """The weighted layers of a params tree in order, recognised by their params' keys."""
+    units: list[_Unit] = []
+
+    def walk(node, state, path):
         if isinstance(node, Mapping):
             keys = set(node)
             if "W" in keys and keys <= {"W", "b"}:
-                units.append((path, "Dense", node))
+                units.append(_unit(path, "Dense", {"W": "weight", "b": "bias"}, node))
             elif keys == {"scale", "offset"}:
-                units.append((path, "LayerNorm", node))
+                bn = isinstance(state, Mapping) and "running_mean" in state
+                units.append(_unit(path, "BatchNorm" if bn else "LayerNorm",
+                                   {"scale": "weight", "offset": "bias"}, node,
+                                   _BATCH_NORM_STATE if bn else {}, state))
             else:
                 raise layer_error(
                     where,
                     f"the params at {path_str(path) or '(root)'!r} (keys {sorted(keys)}) have "
-                    f"no torch counterpart here; supported are Dense {{'W', 'b'}} "
-                    f"(nn.Linear) and LayerNorm {{'scale', 'offset'}} (nn.LayerNorm)",
+                    f"no torch counterpart lamina can tell from the params alone; supported "
+                    f"are Dense {{'W', 'b'}} (nn.Linear) and LayerNorm/BatchNorm "
+                    f"{{'scale', 'offset'}}. Pass model= to name every layer's counterpart",
                 )
         elif isinstance(node, (tuple, list)):
             for i, child in enumerate(node):
-                walk(child, path + (i,))
+                child_state = state[i] if isinstance(state, (tuple, list)) and state else None
+                walk(child, child_state, path + (i,))
         elif node is not None:
             raise layer_error(
                 where,
@@ -189,47 +269,93 @@ def _units(params: Any, where: str) -> list[tuple[tuple, str, Mapping]]:
                 TypeError,
             )
 
-    walk(params, ())
+    walk(params, state, ())
     return units
 
 
-def _modules(keys: Sequence[str], where: str) -> list[tuple[str, dict[str, str]]]:
-    """Torch keys grouped by module, in order: `(prefix, {"weight": key, ...})`."""
-    modules: dict[str, dict[str, str]] = {}
-    for key in keys:
-        prefix, _, name = key.rpartition(".")
-        if name not in ("weight", "bias"):
+_BATCH_NORM_STATE = {"running_mean": "running_mean", "running_var": "running_var",
+                     "num_batches_tracked": "num_batches_tracked"}
+
+
+def _match(units: list[_Unit], keys: Sequence[str], where: str) -> list[tuple[_Unit, dict]]:
+    """Pairs each unit with its torch keys, in order: `(unit, {local name: torch key})`.
+
+    The next unused torch key starts the next unit's module; the unit's own
+    names then fix the module's prefix, and every name must be there.
+    """
+    if not any("." in local for unit in units for local in unit.tensors):
+        modules = list(dict.fromkeys(k.rpartition(".")[0] for k in keys))
+        if len(modules) != len(units):
             raise layer_error(
                 where,
-                f"torch key {key!r} has no lamina counterpart; only the weight and bias "
-                f"of nn.Linear and nn.LayerNorm are supported",
+                f"torch has {len(modules)} module(s) with weights {modules}, but the lamina "
+                f"params have {len(units)} weighted layer(s) {[path_str(u.path) for u in units]}",
             )
-        modules.setdefault(prefix, {})[name] = key
-    return list(modules.items())
-
-
-def _pairs(units, keys, where):
-    """Matches lamina's weighted layers with torch's modules, one to one in order."""
-    modules = _modules(keys, where)
-    if len(modules) != len(units):
+    available = set(keys)
+    pending = list(keys)
+    pairs = []
+    for unit in units:
+        pending = [k for k in pending if k in available]
+        if not pending:
+            raise layer_error(
+                where,
+                f"lamina {path_str(unit.path) or '(root)'!r} ({unit.name}) has no torch "
+                f"module left to take its weights: torch has fewer modules with weights "
+                f"than lamina has weighted layers",
+            )
+        first = pending[0]
+        prefix = _prefix(first, unit, available)
+        if prefix is None:
+            module = first.rpartition(".")[0]
+            holds = sorted(k[len(module) + 1:] if module else k for k in keys
+                           if k.rpartition(".")[0] == module)
+            raise layer_error(
+                where,
+                f"torch module {module!r} holds {holds}, but lamina "
+                f"{path_str(unit.path) or '(root)'!r} ({unit.name}) holds "
+                f"{sorted(v[1] for v in unit.lamina.values())}, i.e. torch {sorted(unit.tensors)}",
+            )
+        names = {local: prefix + local for local in unit.tensors}
+        available -= set(names.values())
+        pairs.append((unit, names))
+    left = [k for k in keys if k in available]
+    if left:
         raise layer_error(
             where,
-            f"torch has {len(modules)} module(s) with weights "
-            f"{[prefix for prefix, _ in modules]}, but the lamina params have "
-            f"{len(units)} weighted layer(s) {[path_str(path) for path, _, _ in units]}",
+            f"torch has more modules with weights than lamina has weighted layers "
+            f"({len(units)}: {[path_str(u.path) for u in units]}); the first left over is "
+            f"{left[0]!r}",
         )
-    pairs = []
-    for (path, kind, node), (prefix, names) in zip(units, modules):
-        want = {_TORCH_NAMES[kind][key] for key in node}
-        if set(names) != want:
-            raise layer_error(
-                where,
-                f"torch module {prefix!r} holds {sorted(names)}, but lamina "
-                f"{path_str(path) or '(root)'!r} ({kind}) holds {sorted(node)}, "
-                f"i.e. torch {sorted(want)}",
-            )
-        pairs.append((path, kind, node, names))
     return pairs
+
+
+def _prefix(key: str, unit: _Unit, available: set) -> Optional[str]:
+    """The module prefix (`"2."`, `""`) that makes `key` one of `unit`'s names, if any.
+
+    Every name of the unit must be there, and the module must hold nothing
+    else (a torch bias where the lamina layer has none is a mismatch).
+    """
+    nested = any("." in local for local in unit.tensors)
+    for local in unit.tensors:
+        if key != local and not key.endswith("." + local):
+            continue
+        prefix = key[: len(key) - len(local)]
+        wanted = {prefix + other for other in unit.tensors}
+        module = {k for k in available
+                  if k.startswith(prefix) and (nested or "." not in k[len(prefix):])}
+        if wanted <= available and module <= wanted:
+            return prefix
+    return None
+
+
+def _fill(like: Any, which: str, values: dict) -> Any:
+    def get(path, leaf):
+        key = (which,) + tuple(getattr(k, "idx", getattr(k, "key", k)) for k in path)
+        if key not in values:
+            return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
+        return values[key]
+
+    return jax.tree_util.tree_map_with_path(get, like)
 
 
 def _natural_order(key: str) -> tuple:

@@ -16,8 +16,8 @@ import numpy as np
 import optax
 
 from lamina._src.data import as_array, as_dataset, check_targets
-from lamina._src.forward import apply_batch, forward
-from lamina._src.layer import Layer, Params, check_key, check_layer_type, layer_error
+from lamina._src.forward import apply_batch, apply_batch_state, forward
+from lamina._src.layer import Layer, Params, check_key, check_layer_type, layer_error, missing_state
 from lamina._src.params import check_params
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -63,12 +63,17 @@ def _to_float32(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
 
-def _batch_loss(model, loss_fn, params, inputs, targets, key, weights=None):
-    outputs = apply_batch(model, params, inputs, key)
+def _batch_loss(model, loss_fn, params, inputs, targets, key, weights=None, state=None,
+                train=True):
+    """`(loss, new_state)`: the batch's mean loss; the state threaded when given."""
+    if state is None:
+        outputs, new_state = apply_batch(model, params, inputs, key), None
+    else:
+        outputs, new_state = apply_batch_state(model, params, inputs, key, state, train)
     loss = _per_example_loss(loss_fn, outputs, targets)
     if weights is None or loss.ndim == 0:
-        return jnp.mean(loss)
-    return jnp.sum(loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        return jnp.mean(loss), new_state
+    return jnp.sum(loss * weights) / jnp.maximum(jnp.sum(weights), 1.0), new_state
 
 
 def _unpack_batch(where: str, batch: Any) -> tuple[Any, Any]:
@@ -125,14 +130,18 @@ def _check_step_args(model: Layer, loss_fn: Any, optimizer: Any, where: str) -> 
 
 
 def _make_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation):
-    def step(params, opt_state, batch, *, key=None, weights=None):
+    def step(params, opt_state, batch, *, key=None, weights=None, state=None):
         inputs, targets = _batch_arrays("train_step", batch)
         weights = as_array(weights)
-        loss, grads = jax.value_and_grad(
-            lambda p: _batch_loss(model, loss_fn, p, inputs, targets, key, weights)
+        (loss, new_state), grads = jax.value_and_grad(
+            lambda p: _batch_loss(model, loss_fn, p, inputs, targets, key, weights, state),
+            has_aux=True,
         )(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {"loss": loss}
+        params = optax.apply_updates(params, updates)
+        if state is None:
+            return params, opt_state, {"loss": loss}
+        return params, opt_state, {"loss": loss}, new_state
 
     return step
 
@@ -146,14 +155,16 @@ def _make_fit_step(step):
     function, so the host issues one call per step.
     """
 
-    def fit_step(params, opt_state, inputs, targets, order, real, i, key, masked):
+    def fit_step(params, opt_state, state, inputs, targets, order, real, i, key, masked):
         batch_size = order.shape[1]
         idx = order[i]
         weights = None
         if masked:
             weights = (i * batch_size + jnp.arange(batch_size) < real).astype(jnp.float32)
         batch = (jnp.take(inputs, idx, axis=0), jnp.take(targets, idx, axis=0))
-        return step(params, opt_state, batch, key=jax.random.fold_in(key, i), weights=weights)
+        out = step(params, opt_state, batch, key=jax.random.fold_in(key, i), weights=weights,
+                   state=state)
+        return out if state is not None else out + (None,)
 
     return jax.jit(fit_step, donate_argnums=(0, 1), static_argnames="masked")
 
@@ -178,8 +189,11 @@ def train_step(
       optimizer: an `optax.GradientTransformation`, e.g. `optax.adam(1e-3)`.
 
     Returns:
-      `step(params, opt_state, (inputs, targets), *, key=None, weights=None)
-      -> (params, opt_state, {"loss": scalar})`. `inputs` and `targets` carry
+      `step(params, opt_state, (inputs, targets), *, key=None, weights=None,
+      state=None) -> (params, opt_state, {"loss": scalar})`, or with
+      `state=` (a model with state, e.g. `lm.BatchNorm`) `(params,
+      opt_state, metrics, state)`: the step runs in training mode and the
+      running statistics come from the batch. `inputs` and `targets` carry
       a leading batch axis (arrays or nested Python lists); a key turns on
       dropout; optional per-example `weights` of shape `(N,)` give a weighted
       mean (0 masks an example out). Compiled once per batch shape. The step
@@ -212,20 +226,25 @@ def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
       loss_fn: `loss_fn(outputs, targets)` as for `train_step`.
 
     Returns:
-      `grads(params, (inputs, targets))`: a params-shaped tree whose leaves
-      have a leading batch axis, e.g. `grads[0]["W"]` of shape `(N, out, in)`.
+      `grads(params, (inputs, targets), *, state=None)`: a params-shaped tree
+      whose leaves have a leading batch axis, e.g. `grads[0]["W"]` of shape
+      `(N, out, in)`. A model with state (e.g. `lm.BatchNorm`) needs
+      `state=` and runs in inference mode, on the running statistics: batch
+      statistics would make each example's gradient depend on the others.
       `inputs` and `targets` are arrays or nested Python lists; an empty
       batch raises a `ValueError`.
     """
     _check_step_args(model, loss_fn, None, "per_example_grads")
 
-    def one(params, x, y):
-        return _batch_loss(model, loss_fn, params, x[None], y[None], None)
+    def one(params, x, y, state):
+        # Inference mode: batch statistics would mix the examples' gradients.
+        return _batch_loss(model, loss_fn, params, x[None], y[None], None, None, state,
+                           train=False)[0]
 
     @jax.jit
-    def grads(params, batch):
+    def grads(params, batch, *, state=None):
         inputs, targets = _batch_arrays("per_example_grads", batch)
-        return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, inputs, targets)
+        return jax.vmap(jax.grad(one), in_axes=(None, 0, 0, None))(params, inputs, targets, state)
 
     return grads
 
@@ -238,6 +257,7 @@ def evaluate(
     loss_fn: LossFn,
     batch_size: int = 1024,
     metrics: Optional[Mapping[str, Metric]] = None,
+    state: Any = None,
 ) -> dict[str, float]:
     """Loss and metrics of `model` on `data`, in inference mode (no dropout).
 
@@ -250,6 +270,8 @@ def evaluate(
         compiled program serves every batch.
       metrics: name -> `metric(outputs, targets)`; the default is
         `{"accuracy": lm.accuracy}` for integer targets and none otherwise.
+      state: the model's state, for a model with state; its running
+        statistics are used (inference mode).
 
     Returns:
       `{"loss": float, **{name: float}}` over all examples.
@@ -258,7 +280,7 @@ def evaluate(
     inputs, targets = as_dataset("evaluate", data)
     check_params(model, params, inputs.shape[1:])
     return _evaluate(forward(model), params, inputs, targets, loss_fn,
-                     batch_size, _default_metrics(metrics, targets))
+                     batch_size, _default_metrics(metrics, targets), state)
 
 
 def _default_metrics(metrics, targets):
@@ -267,7 +289,7 @@ def _default_metrics(metrics, targets):
     return {"accuracy": accuracy} if jnp.issubdtype(targets.dtype, jnp.integer) else {}
 
 
-def _evaluate(fwd, params, inputs, targets, loss_fn, batch_size, metrics):
+def _evaluate(fwd, params, inputs, targets, loss_fn, batch_size, metrics, state=None):
     n = inputs.shape[0]
     outputs = []
     for start in range(0, n, batch_size):
@@ -275,7 +297,7 @@ def _evaluate(fwd, params, inputs, targets, loss_fn, batch_size, metrics):
         pad = batch_size - xs.shape[0] if n > batch_size else 0
         if pad:
             xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
-        out = fwd(params, xs)
+        out = fwd(params, xs) if state is None else fwd(params, xs, state=state)[0]
         outputs.append(out[: out.shape[0] - pad])
     outputs = jnp.concatenate(outputs)
     result = {"loss": float(jnp.mean(_per_example_loss(loss_fn, outputs, targets)))}
@@ -297,7 +319,8 @@ def fit(
     eval_data: Optional[tuple[Any, Any]] = None,
     metrics: Optional[Mapping[str, Metric]] = None,
     progress: bool = True,
-) -> tuple[Params, dict[str, list[float]]]:
+    state: Any = None,
+) -> tuple[Any, ...]:
     """Trains `model` on `train_data` for `epochs` passes; returns params and history.
 
     Each epoch shuffles the examples with a key split from `key` (so the same
@@ -325,11 +348,16 @@ def fit(
       metrics: name -> `metric(outputs, targets)` for `eval_data`; the default
         is accuracy for integer targets.
       progress: show a tqdm progress bar with epoch, step and loss.
+      state: the model's state (`lm.init_state(model, input_shape)`), for a
+        model with state such as `lm.BatchNorm`: training updates it from
+        each batch, evaluation uses it. Batch statistics need whole batches,
+        so with state the last partial batch of an epoch is dropped.
 
     Returns:
       `(params, history)` with per-epoch lists `history["train_loss"]` and,
       with `eval_data`, `"eval_loss"` and `"eval_<metric>"` (e.g.
-      `"eval_accuracy"`, a fraction in [0, 1]).
+      `"eval_accuracy"`, a fraction in [0, 1]); with `state=`, `(params,
+      history, state)`.
 
     Raises:
       ValueError: inputs and targets of different lengths, empty data,
@@ -341,6 +369,8 @@ def fit(
     _check_step_args(model, loss_fn, optimizer, "fit")
     _check_positive_ints("fit", epochs=epochs, batch_size=batch_size)
     check_key("fit", key)
+    if state is None and model.stateful:
+        raise missing_state(model)
     train, evaluation = _fit_data(model, params, train_data, eval_data, metrics)
     batches = _plan_batches(model, params, loss_fn, train, batch_size)
     step = _make_fit_step(_make_step(model, loss_fn, optimizer))
@@ -351,19 +381,19 @@ def fit(
     for epoch in range(epochs):
         key, shuffle_key, dropout_key = jax.random.split(key, 3)
         order = _epoch_order(shuffle_key, batches)
-        params, opt_state, losses = _run_epoch(
-            step, params, opt_state, train, order, dropout_key, batches, bar, epoch
+        params, opt_state, state, losses = _run_epoch(
+            step, params, opt_state, state, train, order, dropout_key, batches, bar, epoch
         )
         _check_finite(losses, epoch, epochs, batches.steps)
         history["train_loss"].append(batches.mean(losses))
         if evaluation is not None:
             result = _evaluate(fwd, params, evaluation.inputs, evaluation.targets, loss_fn,
-                               batches.size, evaluation.metrics)
+                               batches.size, evaluation.metrics, state)
             for name, value in result.items():
                 history.setdefault(f"eval_{name}", []).append(value)
             bar.evaluated(result)
     bar.close()
-    return params, history
+    return (params, history) if state is None else (params, history, state)
 
 
 class _EvalData(NamedTuple):
@@ -411,7 +441,10 @@ def _plan_batches(model, params, loss_fn, train, batch_size) -> _Batches:
     inputs, targets = train
     n = inputs.shape[0]
     size = min(batch_size, n)
-    masked = not _returns_scalar(model, params, loss_fn, inputs, targets, size)
+    # Padding would enter batch statistics, so a model with state drops the
+    # last partial batch instead.
+    masked = not model.stateful and not _returns_scalar(
+        model, params, loss_fn, inputs, targets, size)
     return _Batches(n, size, math.ceil(n / size) if masked else n // size, masked)
 
 
@@ -432,21 +465,23 @@ def _epoch_order(key: jax.Array, batches: _Batches) -> jax.Array:
     return order[:total].reshape(batches.steps, batches.size)
 
 
-def _run_epoch(step, params, opt_state, train, order, key, batches, bar, epoch):
+def _run_epoch(step, params, opt_state, state, train, order, key, batches, bar, epoch):
     """One pass over `order`, one jitted step per batch.
 
-    Returns the new params and optimizer state and the steps' losses, still
-    on the device: nothing here waits for a step unless the bar shows it.
+    Returns the new params, optimizer state and model state and the steps'
+    losses, still on the device: nothing here waits for a step unless the bar
+    shows it.
     """
     inputs, targets = train
     losses = []
     for i in range(batches.steps):
-        params, opt_state, out = step(
-            params, opt_state, inputs, targets, order, batches.n, i, key, masked=batches.masked
+        params, opt_state, out, state = step(
+            params, opt_state, state, inputs, targets, order, batches.n, i, key,
+            masked=batches.masked,
         )
         losses.append(out["loss"])
         bar.step_done(epoch, i, losses)
-    return params, opt_state, losses
+    return params, opt_state, state, losses
 
 
 def _check_finite(losses: list, epoch: int, epochs: int, steps: int) -> None:

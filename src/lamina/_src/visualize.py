@@ -41,6 +41,7 @@ def visualize(
     *,
     path: Union[str, os.PathLike, None] = None,
     max_nodes: int = 16,
+    state: Any = None,
 ) -> str:
     """Draws forward propagation of one example as an interactive HTML page.
 
@@ -60,6 +61,9 @@ def visualize(
         nothing. The file is replaced atomically.
       max_nodes: how many units of each layer to draw, >= 1; wider layers
         show their first `max_nodes` units and a "+N more" marker.
+      state: the model's state, for a model with state (inference mode); a
+        BatchNorm step then shows the mean, variance and normalized value it
+        used, with its scale and offset.
 
     Returns:
       The page, as a string.
@@ -94,7 +98,7 @@ def visualize(
             TypeError,
         )
     check_layer_type("visualize", model)
-    steps = trace(model, params, x)
+    steps = trace(model, params, x, state=state)
     data = _page_data(model.name, x, steps, max_nodes)
     page = _page(data)
     if path is not None:
@@ -129,6 +133,7 @@ def _page_data(model_name: str, x: Any, steps: list[TraceStep], max_nodes: int) 
             )
         elif kind == "layer":
             record["params"] = _named_leaves(s.params)
+            record["values"] = _named_leaves(s.values or {})
         records.append(record)
     return {
         "model": model_name,
