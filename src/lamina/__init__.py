@@ -21,6 +21,7 @@ from lamina._src.layer import Layer, Params, Shape, TraceStep
 from lamina._src.normalization import BatchNorm, LayerNorm
 from lamina._src.params import check_params, param_shapes
 from lamina._src.precision import with_dtype
+from lamina._src.recurrent import GRU, LSTM
 from lamina._src.reshape import Flatten, Identity
 from lamina._src.sharding import shard_batch, shard_params
 from lamina._src.state import has_state, init_state
@@ -58,6 +59,7 @@ __all__ = [
     "forward",
     "from_torch",
     "has_state",
+    "GRU",
     "Identity",
     "init_state",
     "initializers",
@@ -69,6 +71,7 @@ __all__ = [
     "load_metadata",
     "load_model",
     "LogSoftmax",
+    "LSTM",
     "mlp",
     "parallel",
     "param_shapes",
