@@ -12,6 +12,7 @@ from lamina._src.activations import (
 )
 from lamina._src.checkpoint import load, load_metadata, load_model, save
 from lamina._src.combinators import Concat, mlp, parallel, residual, serial
+from lamina._src.conv import Conv, ConvTranspose
 from lamina._src.dense import Dense, dense
 from lamina._src.dropout import Dropout
 from lamina._src.export import export, load_exported
@@ -20,6 +21,7 @@ from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, Shape, TraceStep
 from lamina._src.normalization import BatchNorm, LayerNorm
 from lamina._src.params import check_params, param_shapes
+from lamina._src.pooling import AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.precision import with_dtype
 from lamina._src.recurrent import GRU, LSTM
 from lamina._src.reshape import Flatten, Identity
@@ -47,8 +49,11 @@ __all__ = [
     "Activation",
     "ACTIVATIONS",
     "BatchNorm",
+    "AvgPool",
     "check_params",
     "Concat",
+    "Conv",
+    "ConvTranspose",
     "Dense",
     "dense",
     "Dropout",
@@ -59,6 +64,7 @@ __all__ = [
     "forward",
     "from_torch",
     "has_state",
+    "GlobalAvgPool",
     "GRU",
     "Identity",
     "init_state",
@@ -72,6 +78,7 @@ __all__ = [
     "load_model",
     "LogSoftmax",
     "LSTM",
+    "MaxPool",
     "mlp",
     "parallel",
     "param_shapes",
