@@ -10,16 +10,20 @@ from lamina._src.activations import (
     Softmax,
     Tanh,
 )
+from lamina._src.attention import MultiHeadAttention, TransformerEncoderLayer
 from lamina._src.checkpoint import load, load_metadata, load_model, save
 from lamina._src.combinators import Concat, mlp, parallel, residual, serial
 from lamina._src.conv import Conv, ConvTranspose
 from lamina._src.dense import Dense, dense
 from lamina._src.dropout import Dropout
+from lamina._src.embedding import Embedding
 from lamina._src.export import export, load_exported
 from lamina._src.forward import forward, trace
 from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, Shape, TraceStep
 from lamina._src.normalization import BatchNorm, LayerNorm
+from lamina._src.normalization import LayerNorm
+from lamina._src.norms import GroupNorm, RMSNorm
 from lamina._src.params import check_params, param_shapes
 from lamina._src.pooling import AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.precision import with_dtype
@@ -57,6 +61,7 @@ __all__ = [
     "Dense",
     "dense",
     "Dropout",
+    "Embedding",
     "evaluate",
     "export",
     "fit",
@@ -65,6 +70,7 @@ __all__ = [
     "from_torch",
     "has_state",
     "GlobalAvgPool",
+    "GroupNorm",
     "GRU",
     "Identity",
     "init_state",
@@ -80,12 +86,14 @@ __all__ = [
     "LSTM",
     "MaxPool",
     "mlp",
+    "MultiHeadAttention",
     "parallel",
     "param_shapes",
     "Params",
     "per_example_grads",
     "Relu",
     "residual",
+    "RMSNorm",
     "save",
     "serial",
     "Shape",
@@ -102,6 +110,7 @@ __all__ = [
     "testing",
     "TraceStep",
     "train_step",
+    "TransformerEncoderLayer",
     "visualize",
     "with_dtype",
 ]
