@@ -20,7 +20,7 @@ and a safetensors file written by PyTorch needs no torch at all.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +36,11 @@ from lamina._src.params import param_shapes, path_str
 class _Unit(NamedTuple):
     """One lamina layer with weights and the torch names of its tensors."""
 
-    path: tuple            # where its params sit in the params tree
+    path: tuple            # where its params (and state) sit in their trees
     name: str              # what to call it in messages
     tensors: dict          # torch local name -> array (or ShapeDtypeStruct), params and state
-    lamina: dict           # torch local name -> ("params" | "state", lamina key)
+    where: dict            # torch local name -> the lamina path to name in messages
+    build: Callable        # {torch local name: array} -> (params, state) of this layer
 
 
 def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], like: Any) -> Any:
@@ -88,24 +89,27 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
     else:
         state_like = None
         units = _tree_units(like, None, where)
-    values: dict[tuple, Any] = {}
+    params, state = like, state_like
     for unit, names in _match(units, list(torch), where):
-        for local, (which, key) in unit.lamina.items():
-            want = unit.tensors[local]
+        tensors = {}
+        for local, want in unit.tensors.items():
             torch_key = names[local]
             got = tuple(torch[torch_key].shape)
             if got != tuple(want.shape):
                 raise layer_error(
                     where,
-                    f"torch {torch_key!r} has shape {got}, but lamina "
-                    f"{path_str(unit.path + (key,))!r} ({unit.name}) expects "
-                    f"{tuple(want.shape)}{transposed_hint(want.shape, got)}",
+                    f"torch {torch_key!r} has shape {got}, but lamina {unit.where[local]!r} "
+                    f"({unit.name}) expects {tuple(want.shape)}"
+                    f"{transposed_hint(want.shape, got)}",
                 )
-            values[(which,) + unit.path + (key,)] = jnp.asarray(torch[torch_key], want.dtype)
-    params = _fill(like, "params", values)
+            tensors[local] = jnp.asarray(torch[torch_key], want.dtype)
+        unit_params, unit_state = unit.build(tensors)
+        params = _put(params, unit.path, unit_params)
+        if unit_state is not None:
+            state = _put(state, unit.path, unit_state)
     if model is None or state_like is None:
         return params
-    return params, _fill(state_like, "state", values)
+    return params, state
 
 
 def to_torch(
@@ -166,12 +170,12 @@ def to_torch(
     shapes = {k: tuple(v.shape) for k, v in like.items()} if isinstance(like, Mapping) else {}
     values = {}
     for unit, names in _match(units, list(like), where):
-        for local, (_, key) in unit.lamina.items():
-            torch_key, value = names[local], np.array(unit.tensors[local])
+        for local, tensor in unit.tensors.items():
+            torch_key, value = names[local], np.array(tensor)
             if torch_key in shapes and shapes[torch_key] != value.shape:
                 raise layer_error(
                     where,
-                    f"lamina {path_str(unit.path + (key,))!r} has shape {value.shape}, but "
+                    f"lamina {unit.where[local]!r} has shape {value.shape}, but "
                     f"torch {torch_key!r} expects {shapes[torch_key]}"
                     f"{transposed_hint(shapes[torch_key], value.shape)}",
                 )
@@ -197,14 +201,42 @@ def _read_torch(state_dict: Any) -> tuple[str, dict[str, np.ndarray]]:
 
 def _unit(path: tuple, name: str, names: Mapping[str, str], params: Mapping,
           state_names: Mapping[str, str] = {}, state: Any = None) -> _Unit:
-    tensors, lamina = {}, {}
-    for key, local in names.items():
-        if key in params:
-            tensors[local], lamina[local] = params[key], ("params", key)
-    for key, local in state_names.items():
-        if isinstance(state, Mapping) and key in state:
-            tensors[local], lamina[local] = state[key], ("state", key)
-    return _Unit(path, name, tensors, lamina)
+    """A unit whose torch tensors are its params and state renamed."""
+    tensors, where, owner = {}, {}, {}
+    for which, tree, mapping in (("params", params, names), ("state", state, state_names)):
+        for key, local in mapping.items():
+            if isinstance(tree, Mapping) and key in tree:
+                tensors[local], owner[local] = tree[key], (which, key)
+                where[local] = path_str(path + (key,))
+
+    def build(values):
+        built = {"params": {}, "state": {}}
+        for local, (which, key) in owner.items():
+            built[which][key] = values[local]
+        return built["params"], built["state"] or None
+
+    return _Unit(path, name, tensors, where, build)
+
+
+def _layer_unit(layer: Builtin, path: tuple, params: Any, state: Any) -> _Unit:
+    """A lamina layer as a unit: it says its torch names (`torch_params`) itself."""
+    tensors = dict(layer.torch_params(params))
+    named = {local: key for key, local in layer.torch_names.items()}
+    where = {local: path_str(path + ((named[local],) if local in named else ())) or "(root)"
+             for local in tensors}
+    for key, local in layer.torch_state_names.items():
+        tensors[local] = state[key]
+        where[local] = path_str(path + (key,))
+
+    def build(values):
+        own = {local: values[local] for local in layer.torch_state_names.values()}
+        made = layer.params_from_torch({k: v for k, v in values.items() if k not in own},
+                                       params)
+        if not layer.torch_state_names:
+            return made, None
+        return made, {key: own[local] for key, local in layer.torch_state_names.items()}
+
+    return _Unit(path, type(layer).__name__, tensors, where, build)
 
 
 def _model_units(model: Layer, params: Any, state: Any, where: str) -> list[_Unit]:
@@ -212,9 +244,8 @@ def _model_units(model: Layer, params: Any, state: Any, where: str) -> list[_Uni
     units: list[_Unit] = []
 
     def walk(layer, params, state, path):
-        if isinstance(layer, Builtin) and (layer.torch_names or layer.torch_state_names):
-            units.append(_unit(path, type(layer).__name__, layer.torch_names, params,
-                               layer.torch_state_names, state))
+        if isinstance(layer, Builtin) and _has_torch_names(layer):
+            units.append(_layer_unit(layer, path, params, state))
             return
         kids = children(layer)
         if kids:
@@ -233,6 +264,11 @@ def _model_units(model: Layer, params: Any, state: Any, where: str) -> list[_Uni
 
     walk(model, params, state, ())
     return units
+
+
+def _has_torch_names(layer: Builtin) -> bool:
+    overridden = type(layer).torch_params is not Builtin.torch_params
+    return bool(layer.torch_names or layer.torch_state_names or overridden)
 
 
 def _tree_units(params: Any, state: Any, where: str) -> list[_Unit]:
@@ -313,7 +349,8 @@ def _match(units: list[_Unit], keys: Sequence[str], where: str) -> list[tuple[_U
                 where,
                 f"torch module {module!r} holds {holds}, but lamina "
                 f"{path_str(unit.path) or '(root)'!r} ({unit.name}) holds "
-                f"{sorted(v[1] for v in unit.lamina.values())}, i.e. torch {sorted(unit.tensors)}",
+                f"{sorted(w.rsplit('.', 1)[-1] for w in unit.where.values())}, i.e. torch "
+                f"{sorted(unit.tensors)}",
             )
         names = {local: prefix + local for local in unit.tensors}
         available -= set(names.values())
@@ -348,14 +385,16 @@ def _prefix(key: str, unit: _Unit, available: set) -> Optional[str]:
     return None
 
 
-def _fill(like: Any, which: str, values: dict) -> Any:
-    def get(path, leaf):
-        key = (which,) + tuple(getattr(k, "idx", getattr(k, "key", k)) for k in path)
-        if key not in values:
-            return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
-        return values[key]
-
-    return jax.tree_util.tree_map_with_path(get, like)
+def _put(tree: Any, path: tuple, value: Any) -> Any:
+    """`tree` with the subtree at `path` (tuple indices, dict keys) replaced by `value`."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(tree, Mapping):
+        return {**tree, head: _put(tree[head], rest, value)}
+    items = list(tree)
+    items[head] = _put(items[head], rest, value)
+    return type(tree)(items)
 
 
 def _natural_order(key: str) -> tuple:
