@@ -176,3 +176,18 @@ def test_errors_name_the_path():
     model = lm.serial(lm.Conv(2, 3), lm.MaxPool(4))
     with pytest.raises(ValueError, match=r"^serial\[1\] MaxPool\(4\): the input of shape \(2, 3, 3\)"):
         model.init(jax.random.key(0), (1, 5, 5))
+
+
+@pytest.mark.parametrize("layer", [lm.MaxPool(2), lm.AvgPool(2), lm.MaxPool(3, stride=2, padding=1),
+                                   lm.AvgPool(3, padding=1), lm.GlobalAvgPool()], ids=repr)
+def test_pools_differentiate_under_jit(layer):
+    # reduce_window needs a concrete initial value to have a gradient under jit.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6)), jnp.float32)
+    loss = lambda x: jnp.sum(layer.apply((), x) ** 2)  # noqa: E731
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(x), jax.grad(loss)(x), rtol=1e-6)
+    if isinstance(layer, lm.MaxPool) and layer.padding == 0:
+        # d/dx sum(max^2) = 2 max at each window's argmax, 0 elsewhere.
+        y = np.asarray(layer.apply((), x))
+        g = np.asarray(jax.jit(jax.grad(loss))(x))
+        assert np.count_nonzero(g) == y.size
+        np.testing.assert_allclose(np.sort(g[g != 0]), np.sort(2 * y.ravel()), rtol=1e-6)

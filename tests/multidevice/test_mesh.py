@@ -156,3 +156,30 @@ def test_batch_norm_statistics_are_global_on_a_mesh():
     # shard_params replicates state: nothing in it is a weight to split.
     placed = shard_params(state, mesh)
     assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed))
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_cnn_and_transformer_train_steps_on_a_mesh_match_one_device(name):
+    if name == "cnn":
+        model = lm.serial(lm.Conv(8, 3, padding=1, act="relu"), lm.MaxPool(2),
+                          lm.Conv(8, 3, padding=1, act="relu"), lm.GlobalAvgPool(), lm.Dense(10))
+        shape = (3, 8, 8)
+        xs = jax.random.normal(jax.random.key(1), (16,) + shape)
+    else:
+        model = lm.serial(lm.TransformerEncoderLayer(4, 32, causal=True), lm.Flatten(),
+                          lm.Dense(10))
+        shape = (6, 16)
+        xs = jax.random.normal(jax.random.key(1), (16,) + shape)
+    ys = jax.random.randint(jax.random.key(2), (16,), 0, 10)
+    _, params = model.init(jax.random.key(0), shape)
+    opt = optax.sgd(0.1)  # not Adam: it magnifies rounding in gradients near zero
+    step = lm.train_step(model, xent, opt)
+    one, _, one_metrics = step(jax.tree.map(jnp.copy, params), opt.init(params), (xs, ys))
+    mesh = make_mesh(2, 4)
+    placed = shard_params(params, mesh)
+    split = [leaf.sharding.spec for leaf in jax.tree.leaves(placed)]
+    assert any("model" in tuple(spec) for spec in split)  # weights really are split
+    sharded, _, metrics = step(placed, opt.init(placed), shard_batch((xs, ys), mesh))
+    np.testing.assert_allclose(metrics["loss"], one_metrics["loss"], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 sharded, one)

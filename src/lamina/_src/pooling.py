@@ -13,6 +13,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lamina._src.conv import (
@@ -110,7 +111,7 @@ class MaxPool(_Pool):
 
     def _reduce(self, x, window, stride, padding):
         return lax.reduce_window(
-            x, jnp.array(-jnp.inf, x.dtype), lax.max, window, stride, padding
+            x, np.array(-np.inf, x.dtype), lax.max, window, stride, padding
         )
 
     def flops(self, step):
@@ -144,7 +145,7 @@ class AvgPool(_Pool):
     """
 
     def _reduce(self, x, window, stride, padding):
-        total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, window, stride, padding)
+        total = lax.reduce_window(x, np.array(0, x.dtype), lax.add, window, stride, padding)
         return total / math.prod(window)
 
     def flops(self, step):

@@ -85,26 +85,39 @@ def shard_batch(xs: Any, mesh: Mesh) -> Any:
 
 
 def megatron_rules() -> Callable[[str, jax.Array], Optional[PartitionSpec]]:
-    """Default tensor-parallel rules for stacks of dense layers (Megatron style).
+    """Default tensor-parallel rules for lamina's layers (Megatron style).
 
     Dense weights alternate: the 1st `W` is split by rows (output features,
     `P("model", None)`), the 2nd by columns (input features, `P(None,
     "model")`), and so on. A row-split layer leaves its output split over
     features, which is exactly what the next, column-split layer needs, so
     each pair costs one all-reduce. A row-split layer's bias is split with
-    its rows; a column-split layer's bias is replicated. Everything else is
+    its rows; a column-split layer's bias is replicated. Attention follows
+    the same pattern: its fused query/key/value projection is split by rows
+    (heads' features) and its output projection by columns, so a
+    transformer block costs one all-reduce after attention and one after
+    the feed-forward pair. A convolution's `W` `(out, in, *kernel)` and bias
+    are split over output channels. Everything else (norms, state) is
     replicated. Returns a stateful rule: make a new one per params tree.
     """
     count = [0]
 
+    conv = [False]  # whether the last W seen was a convolution's
+
     def rule(path: str, leaf: jax.Array) -> Optional[PartitionSpec]:
         name = path.rsplit(".", 1)[-1]
+        if name == "W" and jax.numpy.ndim(leaf) > 2:
+            # A convolution (out, in, *kernel): split its output channels,
+            # each device computing whole feature maps.
+            conv[0] = True
+            return PartitionSpec(MODEL, *([None] * (jax.numpy.ndim(leaf) - 1)))
         if name == "W" and jax.numpy.ndim(leaf) == 2:
+            conv[0] = False
             rows = count[0] % 2 == 0
             count[0] += 1
             return PartitionSpec(MODEL, None) if rows else PartitionSpec(None, MODEL)
-        if name == "b" and count[0] % 2 == 1:
-            return PartitionSpec(MODEL)  # follows the row-split W just seen
+        if name == "b" and (conv[0] or count[0] % 2 == 1):
+            return PartitionSpec(MODEL)  # follows the output-split W just seen
         return None
 
     return rule
