@@ -22,7 +22,6 @@ from lamina._src.forward import forward, trace
 from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, Shape, TraceStep
 from lamina._src.normalization import BatchNorm, LayerNorm
-from lamina._src.normalization import LayerNorm
 from lamina._src.norms import GroupNorm, RMSNorm
 from lamina._src.params import check_params, param_shapes
 from lamina._src.pooling import AvgPool, GlobalAvgPool, MaxPool
@@ -52,8 +51,8 @@ __all__ = [
     "accuracy",
     "Activation",
     "ACTIVATIONS",
-    "BatchNorm",
     "AvgPool",
+    "BatchNorm",
     "check_params",
     "Concat",
     "Conv",
@@ -68,10 +67,10 @@ __all__ = [
     "Flatten",
     "forward",
     "from_torch",
-    "has_state",
     "GlobalAvgPool",
     "GroupNorm",
     "GRU",
+    "has_state",
     "Identity",
     "init_state",
     "initializers",
