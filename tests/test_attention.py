@@ -172,7 +172,8 @@ def test_encoder_matches_torch(T, D, num_heads, ff, act, norm_first, causal, eps
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("T, D, num_heads, ff, act, norm_first, causal, eps", ENCODER_CASES[:4])
+@pytest.mark.parametrize("T, D, num_heads, ff, act, norm_first, causal, eps",
+                         [ENCODER_CASES[0], ENCODER_CASES[3]])  # pre/post norm, relu/gelu
 def test_encoder_input_gradients_match_torch(T, D, num_heads, ff, act, norm_first, causal, eps):
     module = torch_encoder(D, num_heads, ff, act, norm_first, eps, seed=3)
     layer = lm.TransformerEncoderLayer(num_heads, ff, act=act, norm_first=norm_first,
@@ -237,10 +238,10 @@ def test_encoder_default_init_uses_torchs_initializers(key):
 
 
 @pytest.mark.parametrize("layer, input_shape", [
-    (lm.MultiHeadAttention(2), (5, 8)),
+    # One of each kind: check_layer is slow on attention (float64 finite
+    # differences of every parameter), and torch already pins the values.
     (lm.MultiHeadAttention(3, causal=True, use_bias=False), (4, 6)),
     (lm.TransformerEncoderLayer(2, 16), (5, 8)),
-    (lm.TransformerEncoderLayer(2, 8, act="gelu", norm_first=False, causal=True), (3, 4)),
 ], ids=repr)
 def test_check_layer(layer, input_shape):
     lm.testing.check_layer(layer, input_shape)
