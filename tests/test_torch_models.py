@@ -114,3 +114,25 @@ def test_a_mismatch_names_the_torch_key_and_the_lamina_layer():
     with pytest.raises(lm.LaminaError, match=r"torch 'linear1.weight' has shape \(32, 16\), but "
                        r"lamina .* \(TransformerEncoderLayer\) expects \(24, 16\)"):
         lm.from_torch(net.state_dict(), like=(lm.TransformerEncoderLayer(4, 24), (6, 16)))
+
+
+def test_transposed_convolution_pooling_and_attention_on_their_own():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+                        nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    model = lm.serial(lm.ConvTranspose(4, 3, stride=2, padding=1, output_padding=1),
+                      lm.AvgPool(2), lm.Flatten(), lm.Dense(5))
+    params = lm.from_torch(net.state_dict(), like=(model, (3, 4, 4)))
+    xs = np.random.default_rng(5).normal(size=(2, 3, 4, 4)).astype(np.float32)
+    _outputs_agree(model, params, net, xs)
+    _round_trip(model, params, net)
+
+    attention = nn.MultiheadAttention(8, 2, batch_first=True)
+    model = lm.MultiHeadAttention(2, causal=True)
+    params = lm.from_torch(attention.state_dict(), like=(model, (5, 8)))
+    x = np.random.default_rng(6).normal(size=(3, 5, 8)).astype(np.float32)
+    mask = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)  # True: may not attend
+    with torch.no_grad():
+        want = attention(*(torch.as_tensor(x),) * 3, need_weights=False, attn_mask=mask)[0]
+    np.testing.assert_allclose(lm.forward(model)(params, x), want.numpy(), atol=1e-5)
+    _round_trip(model, params, attention)
