@@ -29,6 +29,7 @@ from lamina._src.precision import with_dtype
 from lamina._src.recurrent import GRU, LSTM
 from lamina._src.reshape import Flatten, Identity
 from lamina._src.sharding import shard_batch, shard_params
+from lamina._src.stack import remat, stack
 from lamina._src.state import has_state, init_state
 from lamina._src.summary import Summary, SummaryRow, summary
 from lamina._src.torch_interop import from_torch, to_torch
@@ -92,6 +93,7 @@ __all__ = [
     "per_example_grads",
     "Relu",
     "residual",
+    "remat",
     "RMSNorm",
     "save",
     "serial",
@@ -100,6 +102,7 @@ __all__ = [
     "shard_params",
     "Sigmoid",
     "Softmax",
+    "stack",
     "Summary",
     "summary",
     "SummaryRow",

@@ -56,13 +56,17 @@ def _check_child_params(where: str, params: Any, n: int, what: str = "params") -
         )
 
 
-def _split(where: str, key: Any, n: int) -> list[Any]:
-    # Each child gets its own key, derived deterministically from the parent's,
-    # so the same key always gives the same dropout masks.
-    if key is None:
-        return [None] * n
-    check_key(where, key)
-    return list(jax.random.split(key, n))
+def child_keys(where: str, key: Any, layers: Sequence[Layer]) -> list[Any]:
+    """One key per child: `split(key, n)[i]` for a child that uses keys, else `None`.
+
+    The same key always gives the same dropout masks; a model without
+    stochastic layers derives no keys at all (no split is traced).
+    """
+    check_key(where, key, optional=True)
+    if key is None or not any(layer.stochastic for layer in layers):
+        return [None] * len(layers)
+    keys = jax.random.split(key, len(layers))
+    return [k if layer.stochastic else None for k, layer in zip(keys, layers)]
 
 
 @frozen(init=False)
@@ -85,6 +89,10 @@ class _Combinator(Builtin):
     @functools.cached_property
     def stateful(self) -> bool:
         return any(layer.stateful for layer in self.layers)
+
+    @functools.cached_property
+    def stochastic(self) -> bool:
+        return any(layer.stochastic for layer in self.layers)
 
     def apply(self, params, x, *, key=None, state=None, train=False):
         # Under jit the steps are dead code, so apply and trace compile to the
@@ -127,7 +135,7 @@ class serial(_Combinator):
         check_key(self.name, key)
         shape = input_shape
         params = []
-        for i, (layer, k) in enumerate(zip(self.layers, _split(self.name, key, len(self.layers)))):
+        for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, len(self.layers)))):
             with child_context(self.child_segment(i), layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
@@ -147,7 +155,7 @@ class serial(_Combinator):
         states = self._states(state)
         steps: list[TraceStep] = []
         feed = -1
-        keys = _split(self.name, key, len(self.layers))
+        keys = child_keys(self.name, key, self.layers)
         for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
             with child_context(self.child_segment(i), layer):
                 x, child_steps, states[i] = run(layer, p, x, k, states[i], train)
@@ -174,7 +182,7 @@ class parallel(_Combinator):
     def init(self, key, input_shape):
         check_key(self.name, key)
         shapes, params = [], []
-        for i, (layer, k) in enumerate(zip(self.layers, _split(self.name, key, len(self.layers)))):
+        for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, len(self.layers)))):
             with child_context(self.child_segment(i), layer):
                 shape, p = layer.init(k, input_shape)
             shapes.append(shape)
@@ -192,7 +200,7 @@ class parallel(_Combinator):
         _check_child_params(self.name, params, len(self.layers))
         states = self._states(state)
         outs, steps, ends = [], [], []
-        keys = _split(self.name, key, len(self.layers))
+        keys = child_keys(self.name, key, self.layers)
         for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
             with child_context(self.child_segment(i), layer):
                 y, child_steps, states[i] = run(layer, p, x, k, states[i], train)
@@ -245,6 +253,10 @@ class residual(Builtin):
     @property
     def stateful(self) -> bool:
         return self.layer.stateful
+
+    @property
+    def stochastic(self) -> bool:
+        return self.layer.stochastic
 
     def init_state(self, input_shape):
         with child_context(self.child_segment(0), self.layer):

@@ -41,6 +41,8 @@ class Dropout(Builtin):
             raise layer_error("Dropout", f"rate must be in [0, 1), got {rate}")
         object.__setattr__(self, "rate", rate)
 
+    stochastic = True
+
     @property
     def name(self) -> str:
         return f"Dropout({self.rate})"

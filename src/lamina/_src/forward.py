@@ -85,7 +85,7 @@ def apply_batch(
 ) -> jax.Array:
     """`model.apply` over axis 0 of `xs`; with a key, one key per example."""
     check_key(model.name, key, optional=True)
-    if key is None:
+    if key is None or not model.stochastic:
         return jax.vmap(lambda x: model.apply(params, x))(xs)
     keys = jax.random.split(key, jnp.shape(xs)[0])
     return jax.vmap(lambda x, k: model.apply(params, x, key=k))(xs, keys)
@@ -107,6 +107,8 @@ def apply_batch_state(
     def one(x, k):
         return model.apply(params, x, key=k, state=state, train=train)
 
+    if not model.stochastic:
+        key = None
     keys = None if key is None else jax.random.split(key, jnp.shape(xs)[0])
     try:
         return jax.vmap(one, in_axes=(0, None if keys is None else 0),

@@ -157,6 +157,15 @@ class Layer:
         """Whether the layer (or a layer inside it) has state, e.g. running statistics."""
         return "init_state" in self.__dict__
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether the layer may use a PRNG key (e.g. dropout).
+
+        Combinators derive keys only for children that do. A layer written
+        as `lm.Layer(init, apply, name)` might, so it always gets one.
+        """
+        return True
+
     def init_state(self, input_shape: Shape) -> Any:
         """The layer's state for inputs of `input_shape`; `()` for a layer without."""
         return ()
@@ -194,6 +203,10 @@ class Builtin(Layer):
 
     torch_state_names: ClassVar[dict[str, str]] = {}
     """Likewise for its state (torch's buffers), e.g. BatchNorm's running statistics."""
+
+    @property
+    def stochastic(self) -> bool:
+        return any(child.stochastic for _, child in children(self))
 
     def torch_params(self, params: Params) -> dict[str, Any]:
         """This layer's params as torch state-dict entries, named within the torch module.
@@ -360,11 +373,13 @@ def children(layer: Layer) -> list[tuple[str, Layer]]:
     return found
 
 
-def nest(steps: list[TraceStep], segment: str, i: int, offset: int, feed: int) -> list[TraceStep]:
+def nest(steps: list[TraceStep], segment: str, i: Optional[int], offset: int,
+         feed: int) -> list[TraceStep]:
     """A child's trace steps as steps of its parent.
 
     The child sits at `segment` (e.g. `"serial[2]"`), entry `i` of the
-    parent's params; its steps are numbered from `offset` in the parent's
+    parent's params (`None`: the parent's params are the child's own, sliced
+    for a `stack`); its steps are numbered from `offset` in the parent's
     list, and its input came from the parent's step `feed` (`-1`: the
     parent's own input).
     """
@@ -375,8 +390,8 @@ def nest(steps: list[TraceStep], segment: str, i: int, offset: int, feed: int) -
         )
         if sources is None and not out:
             sources = (feed,)
-        out.append(s._replace(path=join_path(segment, s.path), index=(i,) + s.index,
-                              sources=sources))
+        index = s.index if i is None else (i,) + s.index
+        out.append(s._replace(path=join_path(segment, s.path), index=index, sources=sources))
     return out
 
 

@@ -20,8 +20,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lamina._src.layer import Params, layer_error
+from lamina._src.layer import Layer, Params, check_layer_type, layer_error
 from lamina._src.params import path_str
+from lamina._src.stack import stacked_axes
 
 DATA = "data"
 MODEL = "model"
@@ -123,7 +124,8 @@ def megatron_rules() -> Callable[[str, jax.Array], Optional[PartitionSpec]]:
     return rule
 
 
-def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None) -> Params:
+def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None, *,
+                 model: Optional[Layer] = None) -> Params:
     """Places params on `mesh`, splitting weights over its `model` axis.
 
     Args:
@@ -136,6 +138,10 @@ def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None) -> P
         the leaf's path (`"0.W"`, `"2.b"`; the first match wins, no match
         means replicated), or a function `(path, leaf) -> PartitionSpec or
         None`. With explicit rules an uneven split is an error.
+      model: the model the params belong to; needed for a model with an
+        `lm.stack`, whose params carry a leading axis of copies: the rules
+        then see each copy's array (a stacked Dense `W` is split as a `W`,
+        not as a 3-D convolution weight) and the copies' axis is never split.
 
     Returns:
       The same tree with every leaf placed by `jax.device_put`.
@@ -155,13 +161,21 @@ def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None) -> P
             (spec for pattern, spec in table if pattern.fullmatch(path)), None
         )
 
-    def place(key_path, leaf):
+    def place(key_path, leaf, copies=0):
         path = path_str(key_path)
-        spec = rules(path, leaf) or PartitionSpec()
+        one = leaf
+        if copies:
+            one = jax.ShapeDtypeStruct(jax.numpy.shape(leaf)[copies:], jax.numpy.result_type(leaf))
+        spec = rules(path, one) or PartitionSpec()
+        if copies and spec:  # the copies' axis stays whole
+            spec = PartitionSpec(*([None] * copies), *spec)
         spec = _fit(path, leaf, spec, mesh, strict)
         return jax.device_put(leaf, NamedSharding(mesh, spec))
 
-    return jax.tree_util.tree_map_with_path(place, params)
+    if model is None:
+        return jax.tree_util.tree_map_with_path(place, params)
+    check_layer_type("shard_params", model)
+    return jax.tree_util.tree_map_with_path(place, params, stacked_axes(model, params))
 
 
 def _fit(path: str, leaf: Any, spec: PartitionSpec, mesh: Mesh, strict: bool) -> PartitionSpec:

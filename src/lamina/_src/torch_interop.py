@@ -31,6 +31,7 @@ from lamina._src.checkpoint import read_safetensors
 from lamina._src.errors import transposed_hint
 from lamina._src.layer import Builtin, Layer, Params, children, layer_error
 from lamina._src.params import param_shapes, path_str
+from lamina._src.stack import restack_tree, unrolled, unstack_tree
 
 
 class _Unit(NamedTuple):
@@ -81,11 +82,12 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
     model = None
     if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
         model, input_shape = like
-        like = param_shapes(model, input_shape)[1]
-        state_like = model.init_state(input_shape) if model.stateful else None
-        if state_like is not None:
-            state_like = jax.eval_shape(lambda: model.init_state(input_shape))
-        units = _model_units(model, like, state_like, where)
+        state_like = None
+        if model.stateful:
+            state_like = unstack_tree(model, jax.eval_shape(lambda: model.init_state(input_shape)))
+        # A stack's copies are torch modules of their own: match them one by one.
+        like = unstack_tree(model, param_shapes(model, input_shape)[1])
+        units = _model_units(unrolled(model), like, state_like, where)
     else:
         state_like = None
         units = _tree_units(like, None, where)
@@ -107,9 +109,10 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
         params = _put(params, unit.path, unit_params)
         if unit_state is not None:
             state = _put(state, unit.path, unit_state)
-    if model is None or state_like is None:
+    if model is None:
         return params
-    return params, state
+    params = restack_tree(model, params)
+    return params if state_like is None else (params, restack_tree(model, state))
 
 
 def to_torch(
@@ -155,7 +158,8 @@ def to_torch(
     """
     where = "to_torch"
     if model is not None:
-        units = _model_units(model, params, state if model.stateful else None, where)
+        state = unstack_tree(model, state) if model.stateful else None
+        units = _model_units(unrolled(model), unstack_tree(model, params), state, where)
     else:
         units = _tree_units(params, state, where)
     if like is None:
