@@ -292,3 +292,11 @@ def test_same_key_same_masks_as_split_per_child():
     m1 = jax.random.bernoulli(k1, 0.5, (6,))
     m2 = jax.random.bernoulli(k2, 0.5, (6,))
     np.testing.assert_array_equal(model.apply(params, x, key=key), np.where(m1 & m2, 4.0, 0.0))
+
+
+@pytest.mark.parametrize("layer", [
+    lm.stack(lm.residual(lm.Dense(5, act="tanh")), 3),
+    lm.remat(lm.serial(lm.Dense(7, act="gelu"), lm.Dense(5))),
+], ids=["stack", "remat"])
+def test_check_layer_passes(layer):
+    lm.testing.check_layer(layer, (5,))

@@ -102,22 +102,26 @@ def megatron_rules() -> Callable[[str, jax.Array], Optional[PartitionSpec]]:
     replicated. Returns a stateful rule: make a new one per params tree.
     """
     count = [0]
-
-    conv = [False]  # whether the last W seen was a convolution's
+    bias_split = [False]  # whether the W just seen (the bias's own) was split by rows
 
     def rule(path: str, leaf: jax.Array) -> Optional[PartitionSpec]:
-        name = path.rsplit(".", 1)[-1]
-        if name == "W" and jax.numpy.ndim(leaf) > 2:
+        parts = path.split(".")
+        name, owner = parts[-1], parts[-2] if len(parts) > 1 else ""
+        ndim = jax.numpy.ndim(leaf)
+        if name == "W" and ndim > 2:
             # A convolution (out, in, *kernel): split its output channels,
             # each device computing whole feature maps.
-            conv[0] = True
-            return PartitionSpec(MODEL, *([None] * (jax.numpy.ndim(leaf) - 1)))
-        if name == "W" and jax.numpy.ndim(leaf) == 2:
-            conv[0] = False
-            rows = count[0] % 2 == 0
-            count[0] += 1
+            bias_split[0] = True
+            return PartitionSpec(MODEL, *([None] * (ndim - 1)))
+        if name == "W" and ndim == 2:
+            if owner in ("qkv", "out"):  # attention's projections, by their own names
+                rows = owner == "qkv"
+            else:
+                rows = count[0] % 2 == 0
+                count[0] += 1
+            bias_split[0] = rows
             return PartitionSpec(MODEL, None) if rows else PartitionSpec(None, MODEL)
-        if name == "b" and (conv[0] or count[0] % 2 == 1):
+        if name == "b" and bias_split[0]:
             return PartitionSpec(MODEL)  # follows the output-split W just seen
         return None
 
