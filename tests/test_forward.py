@@ -122,3 +122,23 @@ def test_forward_is_reused_for_an_equal_model():
     assert lm.forward(model) is lm.forward(model)
     assert lm.forward(model) is lm.forward(lm.mlp([4, 2]))  # equal configuration
     assert lm.forward(model) is not lm.forward(lm.mlp([4, 3]))
+
+
+def test_models_that_take_a_batch_skip_the_vmap_with_the_same_numbers(key):
+    # Dense, LayerNorm and named activations compute each row alone, so the
+    # forward applies them to the whole batch: the program is the hand-written one.
+    model = lm.serial(lm.Dense(16, act="gelu"), lm.residual(lm.serial(lm.LayerNorm(), lm.Dense(16))),
+                      lm.Dense(3, act="softmax"))
+    assert model.batch_polymorphic
+    _, params = model.init(key, (8,))
+    xs = jax.random.normal(jax.random.key(1), (10, 8))
+    per_example = jnp.stack([model.apply(params, x) for x in xs])
+    np.testing.assert_allclose(lm.forward(model)(params, xs), per_example, rtol=1e-6, atol=1e-7)
+    # A function activation might mix the rows: such a model is vmapped.
+    share = lm.Dense(3, act=lambda z: z / jnp.sum(z))
+    assert not share.batch_polymorphic and not lm.serial(model, share).batch_polymorphic
+    _, p = share.init(key, (8,))
+    np.testing.assert_allclose(jnp.sum(lm.forward(share)(p, xs), axis=-1), np.ones(10), rtol=1e-5)
+    # Bad input still names one example's shape.
+    with pytest.raises(lm.LaminaError, match=r"got x with shape \(7,\)"):
+        lm.forward(model)(params, jnp.ones((10, 7)))

@@ -128,6 +128,10 @@ class Activation(Builtin):
         object.__setattr__(self, "act", canonical_activation(self.act, "Activation"))
 
     @property
+    def batch_polymorphic(self) -> bool:
+        return isinstance(self.act, str)  # element-wise or over the last axis
+
+    @property
     def name(self) -> str:
         return f"Activation({resolve_activation(self.act)[1]})"
 

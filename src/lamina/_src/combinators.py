@@ -94,6 +94,10 @@ class _Combinator(Builtin):
     def stochastic(self) -> bool:
         return any(layer.stochastic for layer in self.layers)
 
+    @functools.cached_property
+    def batch_polymorphic(self) -> bool:
+        return all(layer.batch_polymorphic for layer in self.layers)
+
     def apply(self, params, x, *, key=None, state=None, train=False):
         # Under jit the steps are dead code, so apply and trace compile to the
         # same program and cannot drift apart.
@@ -257,6 +261,10 @@ class residual(Builtin):
     @property
     def stochastic(self) -> bool:
         return self.layer.stochastic
+
+    @property
+    def batch_polymorphic(self) -> bool:
+        return self.layer.batch_polymorphic
 
     def init_state(self, input_shape):
         with child_context(self.child_segment(0), self.layer):

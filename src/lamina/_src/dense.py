@@ -220,6 +220,10 @@ class Dense(Builtin):
         object.__setattr__(self, "param_dtype", as_dtype(where, "param_dtype", self.param_dtype))
 
     @property
+    def batch_polymorphic(self) -> bool:
+        return self.act is None or isinstance(self.act, str)  # lamina's own work on the last axis
+
+    @property
     def name(self) -> str:
         act = _act_name(self.act)
         return f"Dense({self.out_features}, {act})" if act else f"Dense({self.out_features})"

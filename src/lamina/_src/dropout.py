@@ -42,6 +42,7 @@ class Dropout(Builtin):
         object.__setattr__(self, "rate", rate)
 
     stochastic = True
+    batch_polymorphic = True  # without a key it is the identity; with one, vmapped
 
     @property
     def name(self) -> str:

@@ -166,6 +166,18 @@ class Layer:
         """
         return True
 
+    @property
+    def batch_polymorphic(self) -> bool:
+        """Whether `apply` on inputs with extra leading axes equals `jax.vmap` of it.
+
+        True for layers that compute each example alone along the leading
+        axes (`Dense` with a named activation, `LayerNorm`, ...);
+        `lm.forward` and `lm.train_step` then apply such a model to the
+        whole batch at once, which traces faster than `vmap`. A layer
+        written as `lm.Layer(init, apply, name)` is always vmapped.
+        """
+        return False
+
     def init_state(self, input_shape: Shape) -> Any:
         """The layer's state for inputs of `input_shape`; `()` for a layer without."""
         return ()

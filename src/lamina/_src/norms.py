@@ -83,6 +83,8 @@ class RMSNorm(Builtin):
     def __post_init__(self):
         object.__setattr__(self, "eps", _check_eps("RMSNorm", self.eps))
 
+    batch_polymorphic = True  # statistics over the last axis only
+
     @property
     def name(self) -> str:
         return repr(self)

@@ -13,6 +13,7 @@ class Identity(Builtin):
     """Returns its input unchanged; a placeholder, e.g. the skip side of a block."""
 
     name = "Identity()"
+    batch_polymorphic = True
 
     def init(self, key, input_shape):
         return check_input_shape(self.name, input_shape), ()

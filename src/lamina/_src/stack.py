@@ -123,6 +123,10 @@ class stack(Builtin):
     def stochastic(self) -> bool:
         return self.layer.stochastic
 
+    @property
+    def batch_polymorphic(self) -> bool:
+        return self.layer.batch_polymorphic
+
     def child_segment(self, i: int) -> str:
         return f"stack[{i}]"
 
@@ -305,6 +309,10 @@ class remat(Builtin):
     @property
     def stateful(self) -> bool:
         return self.layer.stateful
+
+    @property
+    def batch_polymorphic(self) -> bool:
+        return self.layer.batch_polymorphic
 
     def child_segment(self, i: int) -> str:
         return ""  # the layer's params and paths are its own
