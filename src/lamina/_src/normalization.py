@@ -73,7 +73,7 @@ class LayerNorm(Builtin):
         h = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         mean = jnp.mean(h, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
-        y = (h - mean) * jax.lax.rsqrt(var + self.eps)  # one op, as hand-written JAX
+        y = (h - mean) * lax.rsqrt(var + self.eps)  # one op, as hand-written JAX
         y = y * jnp.broadcast_to(scale, y.shape) + jnp.broadcast_to(offset, y.shape)
         return y.astype(x.dtype)
 
