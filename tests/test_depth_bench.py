@@ -36,7 +36,7 @@ def test_quick_run_prints_every_implementation_and_they_agree(tmp_path, capsys):
         agreement = results["agreement"][str(n)]
         assert set(agreement) == set(depth.IMPLS)
         for errors in agreement.values():
-            assert errors["forward"] < 1e-4 and errors["loss"] < 1e-4 and errors["update"] < 1e-2
+            assert max(errors["forward"], errors["loss"], errors["loss after a step"]) < 1e-4
         for key in depth.IMPLS:
             c = results["compile"][str(n)][key]
             assert 0 < c["min"] <= c["median"] <= c["max"]
