@@ -34,7 +34,7 @@ Peak memory: XLA's compiled memory analysis of the train step, arguments +
 temporaries + outputs - aliased, for stack, stack(remat) and
 stack(remat(dots_saveable)).
 
-    python benchmarks/depth.py                  # full run, about 20 minutes
+    python benchmarks/depth.py                  # full run, about 15 minutes
     python benchmarks/depth.py --quick          # depths 2 and 4, tiny widths, seconds
     python benchmarks/depth.py --show benchmarks/results-2026-11-29-depth.json
 """
