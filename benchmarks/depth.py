@@ -745,7 +745,7 @@ def parse(argv):
         args.depths, args.width, args.hidden, args.batch = [2, 4], 32, 64, 8
         args.compile_rounds, args.rounds, args.rounds_deep = 1, 1, 1
         args.block_seconds, args.precision = 0.01, 0.0
-        args.memory_depths, args.remat_dots_depths = [4], [4]
+        args.memory_depths, args.remat_dots_depths = [4], []  # keep the smoke run short
     else:
         args.json = args.json or os.path.join(HERE, "results-2026-11-29-depth.json")
         args.plot = args.plot or os.path.join(HERE, "depth_compile.png")
