@@ -1,0 +1,61 @@
+"""The depth benchmark runs (a smoke run of --quick: no timing is asserted)."""
+
+import json
+import pathlib
+import sys
+
+import jax
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import depth  # noqa: E402
+
+pytest.importorskip("flax")
+pytest.importorskip("haiku")
+
+
+@pytest.fixture(autouse=True)
+def allow_rank_promotion():
+    # The hand-written floor and the other libraries broadcast biases implicitly.
+    with jax.numpy_rank_promotion("allow"):
+        yield
+
+
+def test_quick_run_prints_every_implementation_and_they_agree(tmp_path, capsys):
+    out = tmp_path / "depth.json"
+    results = depth.main(["--quick", "--json", str(out), "--plot", str(tmp_path / "d.png")])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert (tmp_path / "d.png").stat().st_size > 0
+    table = capsys.readouterr().out
+    for n in (2, 4):
+        for key in depth.IMPLS:
+            assert f"| {n} | {depth.LABELS[key]} | " in table, (n, key)
+        # main raises before timing when they disagree; the errors are kept too
+        agreement = results["agreement"][str(n)]
+        assert set(agreement) == set(depth.IMPLS)
+        for errors in agreement.values():
+            assert max(errors["forward"], errors["loss"], errors["loss after a step"]) < 1e-4
+        for key in depth.IMPLS:
+            c = results["compile"][str(n)][key]
+            assert 0 < c["min"] <= c["median"] <= c["max"]
+        assert set(results["ratios"][str(n)]) == set(depth.IMPLS) - {depth.FLOOR_KEY} | {"compile stack"}
+    assert "goal: lm.stack compile at depth 4 / depth 2" in table
+    memory = results["memory"]["4"]
+    assert memory["stack+remat"]["peak"] <= memory["stack"]["peak"]
+    assert depth.main(["--show", str(out)]) == json.loads(out.read_text())
+    assert "| 4 | lm.stack | " in capsys.readouterr().out
+
+
+def test_disagreeing_implementations_are_refused_before_timing():
+    w = depth.make_weights(2, 8, 16)
+    built = {}
+    for key in (depth.FLOOR_KEY, "stack"):
+        built[key] = depth.CLASSES[key](2, 8, 16)
+        built[key].load(w)
+    built["stack"].params[0][0]["scale"] = built["stack"].params[0][0]["scale"] * 1.01
+    xs = jax.random.normal(jax.random.key(0), (4, 8))
+    steps = {k: impl.step() for k, impl in built.items()}
+    with pytest.raises(AssertionError, match="disagree.*'stack'"):
+        depth.check_agreement(built, steps, w, (xs, xs))
