@@ -32,7 +32,8 @@ from lamina._src.sharding import shard_batch, shard_params
 from lamina._src.state import has_state, init_state
 from lamina._src.summary import Summary, SummaryRow, summary
 from lamina._src.torch_interop import from_torch, to_torch
-from lamina._src.train import accuracy, evaluate, fit, per_example_grads, train_step
+from lamina._src.fit import fit
+from lamina._src.train import accuracy, evaluate, per_example_grads, train_step
 from lamina._src.visualize import visualize
 
 __version__ = "0.1.0"
