@@ -23,7 +23,7 @@ from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, Shape, TraceStep
 from lamina._src.normalization import BatchNorm, LayerNorm
 from lamina._src.norms import GroupNorm, RMSNorm
-from lamina._src.params import check_params, param_shapes
+from lamina._src.params import check_params, param_labels, param_shapes
 from lamina._src.pooling import AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.precision import with_dtype
 from lamina._src.recurrent import GRU, LSTM
@@ -88,6 +88,7 @@ __all__ = [
     "mlp",
     "MultiHeadAttention",
     "parallel",
+    "param_labels",
     "param_shapes",
     "Params",
     "per_example_grads",
