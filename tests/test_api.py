@@ -42,6 +42,7 @@ PUBLIC = [
     "mlp",
     "MultiHeadAttention",
     "parallel",
+    "param_labels",
     "param_shapes",
     "Params",
     "per_example_grads",

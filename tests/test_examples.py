@@ -51,3 +51,14 @@ def test_train_digits_quick(tmp_path, capsys):
     # 64 pixels and 256, 128 hidden units, each drawn as its first 16 units.
     assert "+48 more" in page and "+240 more" in page and "+112 more" in page
     assert "http" not in page
+
+
+def test_grain_digits_quick(tmp_path, capsys):
+    module = load("grain_digits")
+    args = ["--quick", "--no-progress", "--checkpoints", str(tmp_path)]
+    first = module.main(args)
+    assert first["accuracy"] > 0.85
+    again = module.main(args)  # a finished run resumes from its last checkpoint: nothing to do
+    assert again["history"] == first["history"]
+    np.testing.assert_array_equal(first["params"][0]["W"], again["params"][0]["W"])
+    assert "test accuracy:" in capsys.readouterr().out

@@ -26,6 +26,7 @@ def test_quickstart_runs(capsys):
     assert "\n22\n" in out  # num_batches_tracked after the state section
     assert "serial(Dense(256, act='relu'), Dense(10))" in out and "Dense(20) Dense(3, act='tanh')" in out
     assert "PyFloat fails check_layer's 'retrace' check" in out
+    assert "stream loss" in out and "loop loss" in out  # streaming, resume and a hand-written loop
     accuracy = float(re.search(r"accuracy (\S+)", out).group(1))
     assert accuracy >= 0.95
 

@@ -362,3 +362,69 @@ def test_compiled_step_reuses_params_and_optimizer_buffers():
     stats = step.lower(params, state, batch).compile().memory_analysis()
     leaves = jax.tree.leaves((params, state))
     assert stats.alias_size_in_bytes >= sum(x.size * x.dtype.itemsize for x in leaves if x.dtype == jnp.float32)
+
+
+def test_fit_twice_from_the_same_params():
+    # A learning-rate sweep from one init: fit trains a copy, never the caller's arrays.
+    model = lm.mlp([8, 3])
+    _, params = model.init(jax.random.key(0), (4,))
+    xs = np.asarray(jax.random.normal(jax.random.key(1), (32, 4)))
+    ys = (xs[:, 0] > 0).astype(np.int32)
+    runs = [lm.fit(model, params, optax.adam(lr), (xs, ys), loss_fn=xent, epochs=2, batch_size=8,
+                   key=jax.random.key(2), progress=False)[0] for lr in (1e-2, 1e-2, 1e-1)]
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(params))
+    chex.assert_trees_all_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0][0]["W"], runs[2][0]["W"])
+
+
+def test_train_step_without_donation_keeps_the_inputs(problem):
+    model, params, xs, ys = problem
+    opt = optax.adam(1e-2)
+    opt_state = opt.init(params)
+    kept = lm.train_step(model, xent, opt, donate=False)
+    new, new_state, _ = kept(params, opt_state, (xs, ys))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves((params, opt_state)))
+    again, _, _ = kept(params, opt_state, (xs, ys))  # the same inputs work twice
+    chex.assert_trees_all_equal(new, again)
+    copy = jax.tree.map(jnp.copy, (params, opt_state))
+    donated, _, _ = lm.train_step(model, xent, opt)(*copy, (xs, ys))
+    chex.assert_trees_all_equal(new, donated)  # donation changes memory, not values
+    stats = kept.lower(params, opt_state, (xs, ys)).compile().memory_analysis()
+    assert stats.alias_size_in_bytes == 0
+
+
+def test_reusing_a_donated_array_says_what_happened(problem):
+    model, params, xs, ys = problem
+    opt = optax.sgd(0.1)
+    step = lm.train_step(model, xent, opt)
+    params = jax.tree.map(jnp.copy, params)
+    opt_state = opt.init(params)
+    step(params, opt_state, (xs, ys))
+    with pytest.raises(ValueError, match=r"train_step: the array at 'params\.0\.W' was deleted: a train "
+                       r"step donated it .*lm\.train_step\(\.\.\., donate=False\)") as info:
+        step(params, opt_state, (xs, ys))
+    assert isinstance(info.value, lm.LaminaError)
+    with pytest.raises(ValueError, match=r"fit: the array at 'params\.0\.W' was deleted"):
+        lm.fit(model, params, opt, (xs, ys), loss_fn=xent, epochs=1, batch_size=4,
+               key=jax.random.key(0), progress=False)
+    with pytest.raises(TypeError, match=r"train_step: donate must be True or False, got 'no'"):
+        lm.train_step(model, xent, opt, donate="no")
+
+
+@pytest.mark.parametrize(
+    "make_state, pattern",
+    [
+        (lambda opt, p, other: opt.init(other), r"at '0\.mu\.0\.W': expected shape \(5, 4\), got \(5, 3\)"),
+        (lambda opt, p, other: optax.sgd(0.1).init(p), r": '0\.count' is missing \(optimizer.init\(params\) has 9 arrays, opt_state 0\)"),
+        (lambda opt, p, other: opt.init(p[:1]), r"at '0\.nu\.0\.W': optimizer.init\(params\) has '0\.mu\.1\.W' there"),
+    ],
+)
+def test_opt_state_that_does_not_fit_the_params_names_the_path(problem, make_state, pattern):
+    model, params, xs, ys = problem
+    opt = optax.adam(1e-2)
+    _, other = lm.mlp([5, 3], act="tanh").init(jax.random.key(0), (3,))
+    step = lm.train_step(model, xent, opt, donate=False)
+    with pytest.raises(ValueError, match=r"train_step: opt_state does not fit the params " + pattern) as info:
+        step(params, make_state(opt, params, other), (xs, ys))
+    assert isinstance(info.value, lm.LaminaError)
+    assert str(info.value).endswith("Make it with optimizer.init(params) for these params and this optimizer")

@@ -23,7 +23,7 @@ from lamina._src.errors import LaminaError
 from lamina._src.layer import Layer, Params, Shape, TraceStep
 from lamina._src.normalization import BatchNorm, LayerNorm
 from lamina._src.norms import GroupNorm, RMSNorm
-from lamina._src.params import check_params, param_shapes
+from lamina._src.params import check_params, param_labels, param_shapes
 from lamina._src.pooling import AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.precision import with_dtype
 from lamina._src.recurrent import GRU, LSTM
@@ -33,7 +33,8 @@ from lamina._src.stack import remat, stack
 from lamina._src.state import has_state, init_state
 from lamina._src.summary import Summary, SummaryRow, summary
 from lamina._src.torch_interop import from_torch, to_torch
-from lamina._src.train import accuracy, evaluate, fit, per_example_grads, train_step
+from lamina._src.fit import fit
+from lamina._src.train import accuracy, evaluate, per_example_grads, train_step
 from lamina._src.visualize import visualize
 
 __version__ = "0.1.0"
@@ -88,6 +89,7 @@ __all__ = [
     "mlp",
     "MultiHeadAttention",
     "parallel",
+    "param_labels",
     "param_shapes",
     "Params",
     "per_example_grads",

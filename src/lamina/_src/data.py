@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -65,10 +65,21 @@ def check_targets(where: str, model: Layer, inputs: Any, targets: Any) -> None:
     """Integer class targets must lie in `[0, classes)` for a `(classes,)` output."""
     if not jnp.issubdtype(targets.dtype, jnp.integer):
         return
-    output_shape, _ = param_shapes(model, inputs.shape[1:])
-    if not isinstance(output_shape, tuple) or len(output_shape) != 1 or targets.ndim != 1:
+    check_classes(where, target_classes(model, inputs.shape[1:]), targets)
+
+
+def target_classes(model: Layer, input_shape: tuple) -> Optional[int]:
+    """How many classes integer targets may name: the model's `(classes,)` output, else None."""
+    output_shape, _ = param_shapes(model, tuple(input_shape))
+    if not isinstance(output_shape, tuple) or len(output_shape) != 1:
+        return None
+    return output_shape[0]
+
+
+def check_classes(where: str, classes: Optional[int], targets: Any) -> None:
+    """Raises unless integer `targets` of shape `(N,)` lie in `[0, classes)`."""
+    if classes is None or not jnp.issubdtype(targets.dtype, jnp.integer) or targets.ndim != 1:
         return
-    classes = output_shape[0]
     values = np.asarray(targets)
     bad = np.flatnonzero((values < 0) | (values >= classes))
     if bad.size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Optional
 
 import jax
@@ -63,6 +64,64 @@ def path_str(path: tuple[Any, ...]) -> str:
                 break
         parts.append(str(k))
     return ".".join(parts)
+
+
+def param_labels(params: Params, rules: Mapping[str, Any], default: Any) -> Params:
+    r"""A tree of labels, one per params leaf, chosen by regular expressions over paths.
+
+    Each leaf's path is written as in checkpoints (`"0.W"`, `"2.b"`) and
+    matched whole (`re.fullmatch`) against every rule; the one rule that
+    matches gives the leaf its label, and a leaf no rule matches gets
+    `default`. Hand the tree to `optax.multi_transform` (string labels) or,
+    with booleans, to `optax.masked` or an optimizer's `mask=`.
+
+    Args:
+      params: a params tree (arrays or `jax.ShapeDtypeStruct` leaves).
+      rules: regular expression -> label, e.g. `{r"0\..*": "frozen"}`.
+      default: the label of leaves that no rule matches.
+
+    Returns:
+      A tree of the params' structure holding labels.
+
+    Raises:
+      ValueError: a rule is not a valid regular expression, matches no path,
+        or matches a path that another rule matches too (naming both).
+
+    Example:
+      >>> import jax, lamina as lm
+      >>> _, params = lm.mlp([4, 2]).init(jax.random.key(0), (3,))
+      >>> lm.param_labels(params, {r"0\..*": "frozen"}, "train")
+      ({'W': 'frozen', 'b': 'frozen'}, {'W': 'train', 'b': 'train'})
+      >>> lm.param_labels(params, {r".*\.W": True}, False)
+      ({'W': True, 'b': False}, {'W': True, 'b': False})
+    """
+    compiled = {}
+    for rule in rules:
+        try:
+            compiled[rule] = re.compile(rule)
+        except (re.error, TypeError) as error:
+            raise layer_error("param_labels", f"rule {rule!r} is not a regular expression: "
+                              f"{error}") from None
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [path_str(path) for path, _ in leaves]
+    matched: dict[str, str] = {}
+    labels = []
+    for path in paths:
+        hits = [rule for rule, regex in compiled.items() if regex.fullmatch(path)]
+        if len(hits) > 1:
+            raise layer_error(
+                "param_labels", f"rules {hits[0]!r} and {hits[1]!r} both match {path!r}; "
+                f"make them exclusive so each path has one label")
+        for rule in hits:
+            matched[rule] = path
+        labels.append(rules[hits[0]] if hits else default)
+    for rule in rules:
+        if rule not in matched:
+            raise layer_error(
+                "param_labels", f"rule {rule!r} matches no params path; the paths are "
+                f"{', '.join(repr(p) for p in paths[:8])}{', ...' if len(paths) > 8 else ''} "
+                f"(matched whole, as re.fullmatch)")
+    return jax.tree_util.tree_unflatten(treedef, labels)
 
 
 def _describe(value: Any) -> str:

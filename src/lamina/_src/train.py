@@ -1,4 +1,4 @@
-"""Training with optax: a jitted train step, per-example gradients, and a fit loop.
+"""Training with optax: a jitted train step, per-example gradients, evaluation (fit is in fit.py).
 
 Training is `jax.grad` of a loss plus an optax update. The step minimises
 `mean(loss_fn(outputs, targets))` where `outputs` is the model applied to every
@@ -7,18 +7,17 @@ example of the batch (`jax.vmap` of `apply`).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+import functools
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from lamina._src.data import as_array, as_dataset, check_targets
+from lamina._src.data import as_array, as_dataset
 from lamina._src.forward import apply_batch, apply_batch_state, forward
-from lamina._src.layer import Layer, Params, check_key, check_layer_type, layer_error, missing_state
-from lamina._src.params import check_params
+from lamina._src.layer import Layer, Params, check_layer_type, layer_error
+from lamina._src.params import check_params, path_str
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
@@ -131,6 +130,7 @@ def _check_step_args(model: Layer, loss_fn: Any, optimizer: Any, where: str) -> 
 
 def _make_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation):
     def step(params, opt_state, batch, *, key=None, weights=None, state=None):
+        _check_opt_state(optimizer, params, opt_state)
         inputs, targets = _batch_arrays("train_step", batch)
         weights = as_array(weights)
         (loss, new_state), grads = jax.value_and_grad(
@@ -146,31 +146,82 @@ def _make_step(model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransform
     return step
 
 
-def _make_fit_step(step):
-    """fit's step: gathers batch i of the epoch on the device, in one dispatch.
+def _check_opt_state(optimizer: optax.GradientTransformation, params: Any, opt_state: Any) -> None:
+    """Raises unless `opt_state` has the structure and shapes `optimizer.init(params)` makes.
 
-    `order` is the epoch's shuffled indices padded to `steps * batch_size`;
-    `real` how many of them are examples. Slicing, gathering, masking the
-    padding and deriving the step's dropout key all happen inside the jitted
-    function, so the host issues one call per step.
+    Runs while the step is traced (shapes only, via `jax.eval_shape`), so it
+    costs nothing per step; it names the first path that differs instead of
+    letting optax fail later with "add got incompatible shapes".
     """
+    want = jax.tree_util.tree_flatten_with_path(jax.eval_shape(optimizer.init, params))[0]
+    got = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    problem = None
+    for (want_path, w), (got_path, g) in zip(want, got):
+        if path_str(want_path) != path_str(got_path):
+            problem = (f"at {path_str(got_path)!r}: optimizer.init(params) has "
+                       f"{path_str(want_path)!r} there")
+        elif tuple(jnp.shape(g)) != tuple(w.shape):
+            problem = (f"at {path_str(got_path)!r}: expected shape {tuple(w.shape)}, "
+                       f"got {tuple(jnp.shape(g))}")
+        if problem:
+            break
+    if problem is None and len(want) != len(got):
+        counts = f"optimizer.init(params) has {len(want)} arrays, opt_state {len(got)}"
+        if len(want) > len(got):
+            problem = f": {path_str(want[len(got)][0])!r} is missing ({counts})"
+        else:
+            problem = f": {path_str(got[len(want)][0])!r} is not expected ({counts})"
+    if problem:
+        raise layer_error(
+            "train_step",
+            f"opt_state does not fit the params {problem}. Make it with "
+            f"optimizer.init(params) for these params and this optimizer",
+        )
 
-    def fit_step(params, opt_state, state, inputs, targets, order, real, i, key, masked):
-        batch_size = order.shape[1]
-        idx = order[i]
-        weights = None
-        if masked:
-            weights = (i * batch_size + jnp.arange(batch_size) < real).astype(jnp.float32)
-        batch = (jnp.take(inputs, idx, axis=0), jnp.take(targets, idx, axis=0))
-        out = step(params, opt_state, batch, key=jax.random.fold_in(key, i), weights=weights,
-                   state=state)
-        return out if state is not None else out + (None,)
 
-    return jax.jit(fit_step, donate_argnums=(0, 1), static_argnames="masked")
+class _Step:
+    """A jitted train step that explains, instead of XLA, an input that was donated."""
+
+    def __init__(self, jitted: Callable[..., Any]):
+        self._jitted = jitted
+        functools.update_wrapper(self, jitted)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._jitted(*args, **kwargs)
+        except (ValueError, RuntimeError) as error:
+            deleted = first_deleted(dict(zip(("params", "opt_state"), args)), kwargs)
+            if deleted is None:
+                raise
+            raise donated_error("train_step", deleted) from error
+
+    def __getattr__(self, name: str) -> Any:  # lower, trace, _cache_size, ...
+        return getattr(self._jitted, name)
+
+
+def first_deleted(*trees: Any) -> Optional[str]:
+    """The path (`"params.0.W"`) of the first array in `trees` whose buffer is gone."""
+    for tree in trees:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if isinstance(leaf, jax.Array) and leaf.is_deleted():
+                return path_str(path)
+    return None
+
+
+def donated_error(where: str, path: str) -> Exception:
+    """The error for an array that a donating train step already consumed."""
+    return layer_error(
+        where,
+        f"the array at {path!r} was deleted: a train step donated it (reused its memory "
+        f"for the new values), so it holds nothing now. Pass the params and opt_state "
+        f"that the last step returned, or build the step with "
+        f"lm.train_step(..., donate=False) to keep the arrays you pass in",
+    )
 
 
 def train_step(
-    model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation
+    model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+    donate: bool = True,
 ) -> Callable[..., tuple[Params, Any, dict[str, jax.Array]]]:
     """Returns a jitted `step(params, opt_state, batch, *, key=None)`.
 
@@ -178,15 +229,19 @@ def train_step(
     (in float32, whatever the model's output dtype), its gradient with
     `jax.value_and_grad`, and applies `optimizer`'s update.
 
-    The step DONATES `params` and `opt_state`: their buffers are reused for
-    the new values, so a step does not hold two copies of the weights. The
-    arrays you pass in are consumed; use the returned ones.
+    By default the step DONATES `params` and `opt_state`: their buffers are
+    reused for the new values, so a step does not hold two copies of the
+    weights. The arrays you pass in are consumed; use the returned ones
+    (passing a consumed one again raises an `lm.LaminaError` saying so). With
+    `donate=False` the arrays you pass in stay valid, at the cost of a second
+    copy of the weights and optimizer state during the step.
 
     Args:
       model: a `Layer`.
       loss_fn: `loss_fn(outputs, targets)`, per-example losses or a scalar,
         e.g. `optax.softmax_cross_entropy_with_integer_labels`.
       optimizer: an `optax.GradientTransformation`, e.g. `optax.adam(1e-3)`.
+      donate: reuse the buffers of `params` and `opt_state` (the default).
 
     Returns:
       `step(params, opt_state, (inputs, targets), *, key=None, weights=None,
@@ -197,7 +252,9 @@ def train_step(
       a leading batch axis (arrays or nested Python lists); a key turns on
       dropout; optional per-example `weights` of shape `(N,)` give a weighted
       mean (0 masks an example out). Compiled once per batch shape. The step
-      raises a `ValueError` when traced with an empty batch.
+      raises a `ValueError` when traced with an empty batch, or with an
+      `opt_state` that `optimizer.init(params)` would not make (naming the
+      first path that differs).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, lamina as lm
@@ -210,7 +267,10 @@ def train_step(
       ['loss']
     """
     _check_step_args(model, loss_fn, optimizer, "train_step")
-    return jax.jit(_make_step(model, loss_fn, optimizer), donate_argnums=(0, 1))
+    if not isinstance(donate, bool):
+        raise layer_error("train_step", f"donate must be True or False, got {donate!r}", TypeError)
+    step = _make_step(model, loss_fn, optimizer)
+    return _Step(jax.jit(step, donate_argnums=(0, 1) if donate else ()))
 
 
 def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
@@ -306,223 +366,3 @@ def _evaluate(fwd, params, inputs, targets, loss_fn, batch_size, metrics, state=
     return result
 
 
-def fit(
-    model: Layer,
-    params: Params,
-    optimizer: optax.GradientTransformation,
-    train_data: tuple[Any, Any],
-    *,
-    loss_fn: LossFn,
-    epochs: int,
-    batch_size: int,
-    key: jax.Array,
-    eval_data: Optional[tuple[Any, Any]] = None,
-    metrics: Optional[Mapping[str, Metric]] = None,
-    progress: bool = True,
-    state: Any = None,
-) -> tuple[Any, ...]:
-    """Trains `model` on `train_data` for `epochs` passes; returns params and history.
-
-    Each epoch shuffles the examples with a key split from `key` (so the same
-    key gives the same run, bit for bit) and runs the jitted train step on
-    batches of `batch_size`. The last partial batch is padded and its padding
-    masked out of the loss, so every example counts once per epoch and the
-    step compiles once. (A `loss_fn` that returns a scalar cannot be masked;
-    then the last partial batch is dropped.) Dropout gets a fresh key every
-    step; evaluation runs without one.
-
-    `params` are donated to the train step: the arrays you pass in are
-    consumed; use the returned ones.
-
-    Args:
-      model: a `Layer`.
-      params: initial params (e.g. from `model.init`).
-      optimizer: an `optax.GradientTransformation`.
-      train_data: `(inputs, targets)` arrays with a leading example axis.
-      loss_fn: `loss_fn(outputs, targets)`, e.g.
-        `optax.softmax_cross_entropy_with_integer_labels`.
-      epochs: number of passes over the data, >= 1.
-      batch_size: examples per step, >= 1.
-      key: PRNG key for shuffling and dropout.
-      eval_data: optional `(inputs, targets)` evaluated after every epoch.
-      metrics: name -> `metric(outputs, targets)` for `eval_data`; the default
-        is accuracy for integer targets.
-      progress: show a tqdm progress bar with epoch, step and loss.
-      state: the model's state (`lm.init_state(model, input_shape)`), for a
-        model with state such as `lm.BatchNorm`: training updates it from
-        each batch, evaluation uses it. Batch statistics need whole batches,
-        so with state the last partial batch of an epoch is dropped.
-
-    Returns:
-      `(params, history)` with per-epoch lists `history["train_loss"]` and,
-      with `eval_data`, `"eval_loss"` and `"eval_<metric>"` (e.g.
-      `"eval_accuracy"`, a fraction in [0, 1]); with `state=`, `(params,
-      history, state)`.
-
-    Raises:
-      ValueError: inputs and targets of different lengths, empty data,
-        non-finite inputs, integer targets outside the model's classes, or
-        params that do not fit the model.
-      FloatingPointError: the loss became NaN or infinite; the message names
-        the epoch and step.
-    """
-    _check_step_args(model, loss_fn, optimizer, "fit")
-    _check_positive_ints("fit", epochs=epochs, batch_size=batch_size)
-    check_key("fit", key)
-    if state is None and model.stateful:
-        raise missing_state(model)
-    train, evaluation = _fit_data(model, params, train_data, eval_data, metrics)
-    batches = _plan_batches(model, params, loss_fn, train, batch_size)
-    step = _make_fit_step(_make_step(model, loss_fn, optimizer))
-    fwd = forward(model)
-    opt_state = optimizer.init(params)
-    history: dict[str, list[float]] = {"train_loss": []}
-    bar = _Progress(progress, epochs, batches.steps)
-    for epoch in range(epochs):
-        key, shuffle_key, dropout_key = jax.random.split(key, 3)
-        order = _epoch_order(shuffle_key, batches)
-        params, opt_state, state, losses = _run_epoch(
-            step, params, opt_state, state, train, order, dropout_key, batches, bar, epoch
-        )
-        _check_finite(losses, epoch, epochs, batches.steps)
-        history["train_loss"].append(batches.mean(losses))
-        if evaluation is not None:
-            result = _evaluate(fwd, params, evaluation.inputs, evaluation.targets, loss_fn,
-                               batches.size, evaluation.metrics, state)
-            for name, value in result.items():
-                history.setdefault(f"eval_{name}", []).append(value)
-            bar.evaluated(result)
-    bar.close()
-    return (params, history) if state is None else (params, history, state)
-
-
-class _EvalData(NamedTuple):
-    """fit's `eval_data`, checked, with the metrics to compute on it."""
-
-    inputs: jax.Array
-    targets: jax.Array
-    metrics: dict[str, Metric]
-
-
-def _fit_data(model, params, train_data, eval_data, metrics):
-    """Checks fit's data: `((inputs, targets), _EvalData or None)` as arrays."""
-    inputs, targets = as_dataset("fit: train_data", train_data)
-    check_params(model, params, inputs.shape[1:])
-    check_targets("fit: train_data", model, inputs, targets)
-    if eval_data is None:
-        return (inputs, targets), None
-    eval_inputs, eval_targets = as_dataset("fit: eval_data", eval_data)
-    check_targets("fit: eval_data", model, eval_inputs, eval_targets)
-    return (inputs, targets), _EvalData(
-        eval_inputs, eval_targets, _default_metrics(metrics, eval_targets)
-    )
-
-
-class _Batches(NamedTuple):
-    """How fit cuts `n` examples into `steps` batches of `size` every epoch.
-
-    With `masked`, the last partial batch is padded and its padding masked
-    out of the loss; without (a `loss_fn` returning a scalar cannot be
-    masked), the last partial batch is dropped.
-    """
-
-    n: int
-    size: int
-    steps: int
-    masked: bool
-
-    def mean(self, losses: list) -> float:
-        """The epoch's loss: the steps' losses weighted by their examples."""
-        sizes = [min(self.size, self.n - i * self.size) for i in range(self.steps)]
-        return float(np.average(np.asarray(jax.device_get(losses)), weights=sizes))
-
-
-def _plan_batches(model, params, loss_fn, train, batch_size) -> _Batches:
-    inputs, targets = train
-    n = inputs.shape[0]
-    size = min(batch_size, n)
-    # Padding would enter batch statistics, so a model with state drops the
-    # last partial batch instead.
-    masked = not model.stateful and not _returns_scalar(
-        model, params, loss_fn, inputs, targets, size)
-    return _Batches(n, size, math.ceil(n / size) if masked else n // size, masked)
-
-
-def _returns_scalar(model, params, loss_fn, inputs, targets, batch_size) -> bool:
-    loss = jax.eval_shape(
-        lambda p, x, y: _per_example_loss(loss_fn, apply_batch(model, p, x), y),
-        params, inputs[:batch_size], targets[:batch_size],
-    )
-    return loss.ndim == 0
-
-
-def _epoch_order(key: jax.Array, batches: _Batches) -> jax.Array:
-    """The epoch's shuffled example indices, shape `(steps, size)`."""
-    order = jax.random.permutation(key, batches.n)
-    total = batches.steps * batches.size
-    if total > batches.n:  # padding rows repeat example 0 and are masked out of the loss
-        order = jnp.concatenate([order, jnp.zeros((total - batches.n,), order.dtype)])
-    return order[:total].reshape(batches.steps, batches.size)
-
-
-def _run_epoch(step, params, opt_state, state, train, order, key, batches, bar, epoch):
-    """One pass over `order`, one jitted step per batch.
-
-    Returns the new params, optimizer state and model state and the steps'
-    losses, still on the device: nothing here waits for a step unless the bar
-    shows it.
-    """
-    inputs, targets = train
-    losses = []
-    for i in range(batches.steps):
-        params, opt_state, out, state = step(
-            params, opt_state, state, inputs, targets, order, batches.n, i, key,
-            masked=batches.masked,
-        )
-        losses.append(out["loss"])
-        bar.step_done(epoch, i, losses)
-    return params, opt_state, state, losses
-
-
-def _check_finite(losses: list, epoch: int, epochs: int, steps: int) -> None:
-    values = np.asarray(jax.device_get(losses))
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-        raise layer_error(
-            "fit",
-            f"the loss became {values[bad[0]]} at epoch {epoch + 1}/{epochs}, "
-            f"step {bad[0] + 1}/{steps}. Check the inputs and targets for extreme "
-            f"values, or lower the learning rate.",
-            FloatingPointError,
-        )
-
-
-class _Progress:
-    """fit's tqdm bar: epoch, step and loss, then the eval results; off, it does nothing."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int):
-        self.epochs, self.steps = epochs, steps
-        self._bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=epochs * steps, unit="step", leave=True)
-
-    def step_done(self, epoch: int, i: int, losses: list) -> None:
-        if self._bar is None:
-            return
-        if i == self.steps - 1 or i % 10 == 0:
-            # Showing the loss waits for it anyway, so check it on the way.
-            _check_finite(losses, epoch, self.epochs, self.steps)
-            self._bar.set_description(f"epoch {epoch + 1}/{self.epochs}")
-            self._bar.set_postfix(step=f"{i + 1}/{self.steps}", loss=f"{float(losses[-1]):.4f}")
-        self._bar.update(1)
-
-    def evaluated(self, result: dict[str, float]) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix(eval_loss=f"{result['loss']:.4f}",
-                                  **{k: f"{v:.4f}" for k, v in result.items() if k != "loss"})
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
