@@ -7,7 +7,7 @@ lamina's own layers by subclassing (lamina's source is not touched):
 
 - CNN: lamina as it is (NCHW, PyTorch's layout), the same convolutions
   and poolings written by hand in NCHW, the floor (NHWC inside the jitted
-  function), and lamina with `Conv` (and then also `MaxPool`) transposing
+  function), and lamina with `Conv`, `MaxPool` or both transposing
   its one example to channels-last, and computing convolution, bias and
   activation (the pooling's reduction) there before moving back
   (`ChannelsLastConv`, `ChannelsLastMaxPool`): the layers keep their NCHW
@@ -30,7 +30,11 @@ aside).
 XLA_FLAGS setting of `FLAGS` (the flags that exist in this jaxlib and change
 what XLA:CPU compiles here), twice each, interleaved.
 
-    python benchmarks/model_layouts.py [--rounds 20] [--flags]
+`--paired N` times the two proposals (`MaxPool` channels-last; heads-major
+attention) beside lamina as it is, paired with the floor in N rounds by
+bench.py's machinery, forward and Adam step.
+
+    python benchmarks/model_layouts.py [--rounds 20] [--paired 10] [--flags]
 """
 
 from __future__ import annotations
@@ -156,6 +160,7 @@ def cnn_variants(w):
         "lamina as is (NCHW)": _lamina(model, params),
         "hand-written NCHW": (nchw, w),
         "lamina, channels-last Conv": _lamina(serial(ChannelsLastConv, lm.MaxPool), params),
+        "lamina, channels-last MaxPool": _lamina(serial(lm.Conv, ChannelsLastMaxPool), params),
         "lamina, channels-last Conv+MaxPool": _lamina(
             serial(ChannelsLastConv, ChannelsLastMaxPool), params),
     }
@@ -204,6 +209,66 @@ def transformer_variants(w):
 
 
 VARIANTS = {"cnn": cnn_variants, "transformer": transformer_variants}
+
+
+class ProposedCnn(models.CnnLamina):
+    """lamina's CNN with the one change proposed: MaxPool reduces channels-last."""
+
+    name = "lamina, channels-last MaxPool"
+
+    def make_model(self, weights):
+        lm = self.lm
+        return lm.serial(lm.Conv(32, 3, padding=1, act="relu"), ChannelsLastMaxPool(2),
+                         lm.Conv(64, 3, padding=1, act="relu"), ChannelsLastMaxPool(2),
+                         lm.Flatten(), lm.Dense(10))
+
+
+class ProposedTransformer(models.TransformerLamina):
+    """lamina's block with the one change proposed: heads-major attention."""
+
+    name = "lamina, heads-major attention"
+
+    def make_model(self, weights):
+        lm = self.lm
+        return lm.serial(
+            lm.residual(lm.serial(lm.LayerNorm(), HeadsMajorAttention(models.HEADS))),
+            lm.residual(lm.serial(lm.LayerNorm(), lm.Dense(models.FF, "relu"),
+                                  lm.Dense(models.D))))
+
+    def make_params(self, weights):
+        block = self.lm.TransformerEncoderLayer(models.HEADS, models.FF)  # the same params tree
+        _, like = block.init(jax.random.key(0), (models.T, models.D))
+        return block.params_from_torch(weights, like)
+
+
+PROPOSED = {"cnn": ProposedCnn, "transformer": ProposedTransformer}
+
+
+def paired(rounds, block_seconds=0.25):
+    """The proposals beside lamina and the floor, timed as models.py times (Adam step too)."""
+    import bench
+
+    rng = np.random.default_rng(0)
+    results = {}
+    for shape in VARIANTS:
+        weights = models.make_weights(shape)
+        shared = models.on_device(weights)
+        built = {"jax": models.MODELS[shape]["jax"](shared),
+                 "lamina": models.MODELS[shape]["lamina"](shared),
+                 "proposed": PROPOSED[shape](shared)}
+        models.check_forward(shape, built, weights, rng)
+        batch = models.BATCH[shape]
+        xs, ys = (jnp.asarray(a) for a in models.make_batch(shape, batch, rng))
+        work = {f"forward b={batch}": lambda impl, d: (lambda: impl.forward(d)),
+                f"adam step b={batch}": lambda impl, d: impl.train_step}
+        for metric, make in work.items():
+            results[(shape, metric)] = bench.measure_workload(built, make, xs, ys, rounds,
+                                                              block_seconds, rng)
+    names = {"jax": "jax (hand-written)", "lamina": "lamina as is", "proposed": "lamina, proposed"}
+    labels = {shape: shape for shape in VARIANTS}
+    rows = bench.summarize(results, names, labels)
+    print(f"\nPaired with the floor, {rounds} rounds:\n" + bench.format_table(rows))
+    return rows
 LOSSES = {"cnn": models.CnnFloor.batch_loss, "transformer": models.TransformerFloor.batch_loss}
 
 
@@ -297,11 +362,15 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--shapes", default="cnn,transformer")
     parser.add_argument("--flags", action="store_true", help="also the XLA_FLAGS settings")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="also time the proposals paired with the floor, as models.py does")
     args = parser.parse_args(argv)
     results = {}
     for shape in args.shapes.split(","):
         results[shape] = measure(shape, args.rounds)
         print_table(shape, results[shape])
+    if args.paired:
+        results["paired"] = paired(args.paired)
     if args.flags:
         results["flags"] = flags(max(5, args.rounds // 2))
     return results
