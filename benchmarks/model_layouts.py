@@ -237,7 +237,7 @@ class ProposedTransformer(models.TransformerLamina):
 
     def make_params(self, weights):
         block = self.lm.TransformerEncoderLayer(models.HEADS, models.FF)  # the same params tree
-        _, like = block.init(jax.random.key(0), (models.T, models.D))
+        like = jax.eval_shape(lambda: block.init(jax.random.key(0), (models.T, models.D))[1])
         return block.params_from_torch(weights, like)
 
 

@@ -318,7 +318,7 @@ class TransformerLamina(_Regression, impls.Lamina):
         return self.lm.TransformerEncoderLayer(HEADS, FF)
 
     def make_params(self, weights):
-        _, like = self.model.init(jax.random.key(0), (T, D))
+        like = jax.eval_shape(lambda: self.model.init(jax.random.key(0), (T, D))[1])
         return self.model.params_from_torch(weights, like)  # the same arrays, placed
 
 
@@ -439,9 +439,12 @@ def compile_probe(key, shape):
     return impl, impl.to_device(xs)
 
 
-def check_forward(shape, built, weights, rng, batch=4):
-    """Raises unless every implementation's forward matches the NumPy reference."""
-    xs, _ = make_batch(shape, batch, rng)
+def check_forward(shape, built, weights, rng):
+    """Raises unless every implementation's forward matches the NumPy reference.
+
+    On a batch of --quick's size, so that a quick run compiles each forward once.
+    """
+    xs, _ = make_batch(shape, QUICK_BATCH[shape], rng)
     want = numpy_forward(shape, weights, xs)
     for impl in built.values():
         got = np.asarray(impl.forward(impl.to_device(xs)), np.float64)

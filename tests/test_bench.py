@@ -144,7 +144,8 @@ import models  # noqa: E402
 def test_models_quick_run_covers_the_cnn_and_the_transformer_block(tmp_path):
     out = tmp_path / "models.json"
     rows = models.main(["--quick", "--impls", "jax,lamina", "--rounds", "1", "--compile-rounds", "0",
-                        "--precision", "0.5", "--max-factor", "2", "--json", str(out)])
+                        "--precision", "0.5", "--max-factor", "2", "--block-seconds", "0.01",
+                        "--json", str(out)])
     assert json.loads(out.read_text())["rows"] == rows
     got = {(r["shape"].split()[0], r["metric"], r["impl"]) for r in rows}
     want = {(shape, f"{work} b={models.QUICK_BATCH[shape]}", impl)
@@ -162,8 +163,8 @@ def test_every_installed_model_impl_computes_the_reference_and_the_same_adam_ste
     weights = models.make_weights(shape)
     built = models.build(shape, models.available(), weights)
     rng = np.random.default_rng(1)
-    models.check_forward(shape, built, weights, rng, batch=2)
-    xs, ys = models.make_batch(shape, 2, rng)
+    models.check_forward(shape, built, weights, rng)
+    xs, ys = models.make_batch(shape, models.QUICK_BATCH[shape], rng)
     losses = {}
     for key, impl in built.items():
         impl.prepare(xs, ys)
