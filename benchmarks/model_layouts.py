@@ -138,13 +138,22 @@ def _lamina(model, params):
     return (lambda p, x: jax.vmap(model.apply, in_axes=(None, 0))(p, x)), params
 
 
+def cnn_serial(conv, pool):
+    """lamina's CNN with these Conv and MaxPool classes."""
+    return lm.serial(conv(32, 3, padding=1, act="relu"), pool(2),
+                     conv(64, 3, padding=1, act="relu"), pool(2), lm.Flatten(), lm.Dense(10))
+
+
+def heads_major_block():
+    """The lm.serial TransformerEncoderLayer(4, 1024) builds, with HeadsMajorAttention."""
+    return lm.serial(
+        lm.residual(lm.serial(lm.LayerNorm(), HeadsMajorAttention(models.HEADS))),
+        lm.residual(lm.serial(lm.LayerNorm(), lm.Dense(models.FF, "relu"), lm.Dense(models.D))))
+
+
 def cnn_variants(w):
     base = models.CnnLamina(w)
     model, params = base.model, base.params
-
-    def serial(conv, pool):
-        return lm.serial(conv(32, 3, padding=1, act="relu"), pool(2),
-                         conv(64, 3, padding=1, act="relu"), pool(2), lm.Flatten(), lm.Dense(10))
 
     def nchw(p, xs):
         h = xs
@@ -159,52 +168,32 @@ def cnn_variants(w):
         "floor: NHWC inside": (models.CnnFloor.batched_apply, w),
         "lamina as is (NCHW)": _lamina(model, params),
         "hand-written NCHW": (nchw, w),
-        "lamina, channels-last Conv": _lamina(serial(ChannelsLastConv, lm.MaxPool), params),
-        "lamina, channels-last MaxPool": _lamina(serial(lm.Conv, ChannelsLastMaxPool), params),
+        "lamina, channels-last Conv": _lamina(cnn_serial(ChannelsLastConv, lm.MaxPool), params),
+        "lamina, channels-last MaxPool": _lamina(cnn_serial(lm.Conv, ChannelsLastMaxPool), params),
         "lamina, channels-last Conv+MaxPool": _lamina(
-            serial(ChannelsLastConv, ChannelsLastMaxPool), params),
+            cnn_serial(ChannelsLastConv, ChannelsLastMaxPool), params),
     }
 
 
 def transformer_variants(w):
     base = models.TransformerLamina(w)
-    floor = models.TransformerFloor.batched_apply
-    T, D, HEADS = models.T, models.D, models.HEADS
+    D, HEADS = models.D, models.HEADS
 
     def with_attention(attend):
-        # the floor's block with its attention (B, T, heads, 64) -> (B, T, heads, 64) swapped
-        def apply(p, x):
-            def norm(h, name):
-                mean = jnp.mean(h, -1, keepdims=True)
-                var = jnp.mean(jnp.square(h - mean), -1, keepdims=True)
-                return ((h - mean) * lax.rsqrt(var + models.EPS) * p[f"{name}.weight"]
-                        + p[f"{name}.bias"])
-
-            qkv = models._dense(norm(x, "norm1"), p["self_attn.in_proj_weight"],
-                                p["self_attn.in_proj_bias"])
-            q, k, v = (a.reshape(a.shape[0], T, HEADS, D // HEADS)
-                       for a in jnp.split(qkv, 3, axis=-1))
-            o = attend(q, k, v).reshape(x.shape)
-            x = x + models._dense(o, p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
-            h = jax.nn.relu(models._dense(norm(x, "norm2"), p["linear1.weight"], p["linear1.bias"]))
-            return x + models._dense(h, p["linear2.weight"], p["linear2.bias"])
-
-        return apply
+        # the floor's block with another attention on (B, T, heads, 64)
+        return lambda p, x: models.encoder_block(p, x, attend)
 
     def einsum(q, k, v):
         s = jnp.einsum("btnh,bsnh->bnts", q, k) * (D // HEADS) ** -0.5
         return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(s, axis=-1), v)
 
-    heads_major = lm.serial(
-        lm.residual(lm.serial(lm.LayerNorm(), HeadsMajorAttention(HEADS))),
-        lm.residual(lm.serial(lm.LayerNorm(), lm.Dense(models.FF, "relu"), lm.Dense(D))))
     return {
-        "floor: heads-major dot_general": (floor, w),
+        "floor: heads-major dot_general": (models.TransformerFloor.batched_apply, w),
         "lamina as is (dot_product_attention)": _lamina(base.model, base.params),
         "hand-written, jax.nn.dot_product_attention": (
             with_attention(jax.nn.dot_product_attention), w),
         "hand-written, einsum softmax": (with_attention(einsum), w),
-        "lamina, heads-major attention": _lamina(heads_major, base.params),
+        "lamina, heads-major attention": _lamina(heads_major_block(), base.params),
     }
 
 
@@ -217,10 +206,7 @@ class ProposedCnn(models.CnnLamina):
     name = "lamina, channels-last MaxPool"
 
     def make_model(self, weights):
-        lm = self.lm
-        return lm.serial(lm.Conv(32, 3, padding=1, act="relu"), ChannelsLastMaxPool(2),
-                         lm.Conv(64, 3, padding=1, act="relu"), ChannelsLastMaxPool(2),
-                         lm.Flatten(), lm.Dense(10))
+        return cnn_serial(lm.Conv, ChannelsLastMaxPool)
 
 
 class ProposedTransformer(models.TransformerLamina):
@@ -229,11 +215,7 @@ class ProposedTransformer(models.TransformerLamina):
     name = "lamina, heads-major attention"
 
     def make_model(self, weights):
-        lm = self.lm
-        return lm.serial(
-            lm.residual(lm.serial(lm.LayerNorm(), HeadsMajorAttention(models.HEADS))),
-            lm.residual(lm.serial(lm.LayerNorm(), lm.Dense(models.FF, "relu"),
-                                  lm.Dense(models.D))))
+        return heads_major_block()
 
     def make_params(self, weights):
         block = self.lm.TransformerEncoderLayer(models.HEADS, models.FF)  # the same params tree

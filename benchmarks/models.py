@@ -295,22 +295,30 @@ class TransformerFloor(_Regression, impls.JaxImpl):
 
     @staticmethod
     def batched_apply(p, x):
-        def norm(h, name):
-            mean = jnp.mean(h, -1, keepdims=True)
-            var = jnp.mean(jnp.square(h - mean), -1, keepdims=True)
-            return (h - mean) * lax.rsqrt(var + EPS) * p[f"{name}.weight"] + p[f"{name}.bias"]
+        return encoder_block(p, x, heads_major_attention)
 
-        def heads(a):
-            return jnp.transpose(a.reshape(a.shape[0], T, HEADS, D // HEADS), (0, 2, 1, 3))
 
-        qkv = _dense(norm(x, "norm1"), p["self_attn.in_proj_weight"], p["self_attn.in_proj_bias"])
-        q, k, v = (heads(a) for a in jnp.split(qkv, 3, axis=-1))
-        s = lax.dot_general(q, k, (((3,), (3,)), ((0, 1), (0, 1)))) * (D // HEADS) ** -0.5
-        o = lax.dot_general(jax.nn.softmax(s, axis=-1), v, (((3,), (2,)), ((0, 1), (0, 1))))
-        o = jnp.transpose(o, (0, 2, 1, 3)).reshape(x.shape)
-        x = x + _dense(o, p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
-        h = jax.nn.relu(_dense(norm(x, "norm2"), p["linear1.weight"], p["linear1.bias"]))
-        return x + _dense(h, p["linear2.weight"], p["linear2.bias"])
+def heads_major_attention(q, k, v):
+    """softmax(q k^T / sqrt(H)) v over (B, T, heads, H), computed on (B, heads, T, H)."""
+    q, k, v = (jnp.transpose(a, (0, 2, 1, 3)) for a in (q, k, v))
+    s = lax.dot_general(q, k, (((3,), (3,)), ((0, 1), (0, 1)))) * q.shape[-1] ** -0.5
+    o = lax.dot_general(jax.nn.softmax(s, axis=-1), v, (((3,), (2,)), ((0, 1), (0, 1))))
+    return jnp.transpose(o, (0, 2, 1, 3))
+
+
+def encoder_block(p, x, attend):
+    """The pre-norm block on a batch (B, T, D), by hand; `attend(q, k, v)` on (B, T, heads, H)."""
+    def norm(h, name):
+        mean = jnp.mean(h, -1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), -1, keepdims=True)
+        return (h - mean) * lax.rsqrt(var + EPS) * p[f"{name}.weight"] + p[f"{name}.bias"]
+
+    qkv = _dense(norm(x, "norm1"), p["self_attn.in_proj_weight"], p["self_attn.in_proj_bias"])
+    q, k, v = (a.reshape(a.shape[0], T, HEADS, D // HEADS) for a in jnp.split(qkv, 3, axis=-1))
+    o = attend(q, k, v).reshape(x.shape)
+    x = x + _dense(o, p["self_attn.out_proj.weight"], p["self_attn.out_proj.bias"])
+    h = jax.nn.relu(_dense(norm(x, "norm2"), p["linear1.weight"], p["linear1.bias"]))
+    return x + _dense(h, p["linear2.weight"], p["linear2.bias"])
 
 
 class TransformerLamina(_Regression, impls.Lamina):
