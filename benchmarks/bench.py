@@ -163,16 +163,47 @@ def check_against_numpy(impl, weights, xs):
         raise AssertionError(f"{impl.name}: forward differs from NumPy by {err:.2e}")
 
 
-def cold_compile(key, shape):
-    """Seconds from a fresh process's first jitted call to its result (jax impls)."""
+def cold_compile(key, shape, module="bench"):
+    """Seconds from a fresh process's first jitted call to its result (jax impls).
+
+    `module` (a file next to this one) gives `compile_probe(key, shape)`:
+    the implementation and a batch-1 input for it.
+    """
     code = (
-        "import sys, time; sys.path.insert(0, %r); import impls, numpy as np\n"
-        "w = impls.make_weights(%r); impl = impls.ALL[%r][0](w)\n"
-        "xs = impl.to_device(np.ones((1, %d), np.float32))\n"
+        "import sys, time; sys.path.insert(0, %r); import impls, %s\n"
+        "impl, xs = %s.compile_probe(%r, %r)\n"
         "t = time.perf_counter(); impls.block(impl.forward(xs)); print(time.perf_counter() - t)"
-    ) % (os.path.dirname(os.path.abspath(__file__)), SHAPES[shape], key, SHAPES[shape][0])
+    ) % (os.path.dirname(os.path.abspath(__file__)), module, module, str(key), str(shape))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def compile_probe(key, shape):
+    w = impls.make_weights(SHAPES[shape])
+    impl = impls.ALL[key][0](w)
+    return impl, impl.to_device(np.ones((1, SHAPES[shape][0]), np.float32))
+
+
+def measure_workload(built, make, xs, ys, rounds, block_seconds, rng, refine=(), precision=0.0,
+                     max_rounds=0):
+    """Paired rounds of one workload over the `built` implementations.
+
+    Each implementation is `prepare`d with the batch `(xs, ys)`; `make(impl,
+    data)` gives the zero-arg call to time. Returns `(samples, extra)` as
+    `run` stores them: extra holds the ratios and the calls per block.
+    """
+    calls, numbers = {}, {}
+    for k, impl in built.items():
+        impl.prepare(xs, ys)
+        calls[k] = make(impl, impl.to_device(xs))
+        numbers[k] = calls_per_block(calls[k], block_seconds)
+    # Both blocks of a pair make the same number of calls: the count
+    # changes how many large outputs are alive at once, and so what
+    # the allocator has to map, which would bias the ratio.
+    samples, ratios = paired_rounds(
+        lambda k, partner: time_call(calls[k], max(numbers[k], numbers[partner])),
+        list(built), rounds, rng, refine, precision, max_rounds)
+    return samples, {"ratios": ratios, "calls_per_block": numbers}
 
 
 def run(keys, shapes, rounds, block_seconds, quick, compile_rounds, precision=0.0, max_factor=1):
@@ -192,18 +223,8 @@ def run(keys, shapes, rounds, block_seconds, quick, compile_rounds, precision=0.
         for metric, (batch, make) in workloads(sizes, quick).items():
             xs = jnp.asarray(rng.normal(size=(batch, sizes[0])).astype(np.float32))
             ys = jnp.asarray(rng.integers(0, sizes[-1], size=batch))
-            calls, numbers = {}, {}
-            for k, impl in built.items():
-                impl.prepare(xs, ys)
-                calls[k] = make(impl, impl.to_device(xs))
-                numbers[k] = calls_per_block(calls[k], block_seconds)
-            # Both blocks of a pair make the same number of calls: the count
-            # changes how many large outputs are alive at once, and so what
-            # the allocator has to map, which would bias the ratio.
-            samples, ratios = paired_rounds(
-                lambda k, partner: time_call(calls[k], max(numbers[k], numbers[partner])),
-                keys, rounds, rng, lamina_only, precision, rounds * max_factor)
-            extra = {"ratios": ratios, "calls_per_block": numbers}
+            samples, extra = measure_workload(built, make, xs, ys, rounds, block_seconds, rng,
+                                              lamina_only, precision, rounds * max_factor)
             if metric.startswith("forward") and batch > 1:
                 extra["bare_matmul_s"] = bare_matmul_seconds(sizes, batch, block_seconds)
                 extra["flops"] = 2 * batch * sum(i * o for i, o in zip(sizes[:-1], sizes[1:]))
@@ -218,7 +239,10 @@ def run(keys, shapes, rounds, block_seconds, quick, compile_rounds, precision=0.
     return results
 
 
-def summarize(results):
+def summarize(results, names=None, labels=None):
+    """Table rows; `names` maps keys to display names, `labels` shapes to labels."""
+    names = names or {k: impl.name for k, (impl, _) in impls.ALL.items()}
+    labels = labels or {k: "-".join(map(str, sizes)) for k, sizes in SHAPES.items()}
     rows = []
     for (shape, metric), (samples, extra) in results.items():
         floor = statistics.median(samples[FLOOR])
@@ -227,9 +251,9 @@ def summarize(results):
             paired = extra["ratios"].get(k, [1.0])
             ci_low, ci_high = median_ci(paired)
             row = {
-                "shape": "-".join(map(str, SHAPES[shape])),
+                "shape": labels[shape],
                 "metric": metric,
-                "impl": impls.ALL[k][0].name,
+                "impl": names[k],
                 "median_ms": med * 1e3,
                 "min_ms": min(times) * 1e3,
                 "max_ms": max(times) * 1e3,
@@ -307,12 +331,18 @@ def versions():
     return found
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small shape, few rounds: under a minute")
-    parser.add_argument("--impls", default=",".join(impls.available()),
-                        help=f"comma-separated, from {','.join(impls.ALL)} (default: all installed)")
-    parser.add_argument("--shapes", default=None, help="comma-separated from small,wide")
+def parse_settings(argv, description, registry, available, shapes, quick_shapes):
+    """The command line, shared with models.py: `(settings, None)`, or `(None, rows)` for --show.
+
+    `registry` is the implementations' dict (key -> (class, module)),
+    `available` the installed keys, `shapes` the shape names (all run by
+    default), `quick_shapes` those --quick runs.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="few rounds, short blocks: a smoke run")
+    parser.add_argument("--impls", default=",".join(available),
+                        help=f"comma-separated, from {','.join(registry)} (default: all installed)")
+    parser.add_argument("--shapes", default=None, help=f"comma-separated from {','.join(shapes)}")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--compile-rounds", type=int, default=None)
     parser.add_argument("--precision", type=float, default=None,
@@ -329,24 +359,44 @@ def main(argv=None):
         with open(args.show) as f:
             rows = json.load(f)["rows"]
         print(format_table(rows) + "\n\n" + format_compact(rows))
-        return rows
+        return None, rows
     keys = [k for k in args.impls.split(",") if k]
-    unknown = set(keys) - set(impls.ALL)
+    unknown = set(keys) - set(registry)
     if unknown:
-        parser.error(f"unknown implementations {sorted(unknown)}; choose from {list(impls.ALL)}")
+        parser.error(f"unknown implementations {sorted(unknown)}; choose from {list(registry)}")
     if FLOOR not in keys:
         keys.insert(0, FLOOR)
-    shapes = (args.shapes or ("small" if args.quick else "small,wide")).split(",")
-    rounds = args.rounds or (3 if args.quick else 15)
-    block_seconds = args.block_seconds or (0.05 if args.quick else 0.25)
-    compile_rounds = args.compile_rounds if args.compile_rounds is not None else (1 if args.quick else 5)
-
+    chosen = (args.shapes or ",".join(quick_shapes if args.quick else shapes)).split(",")
+    if set(chosen) - set(shapes):
+        parser.error(f"unknown shapes {sorted(set(chosen) - set(shapes))}; choose from {list(shapes)}")
     precision = args.precision if args.precision is not None else (0.0 if args.quick else 0.015)
-    max_factor = args.max_factor if precision else 1
+    return argparse.Namespace(
+        keys=keys,
+        shapes=chosen,
+        rounds=args.rounds or (3 if args.quick else 15),
+        block_seconds=args.block_seconds or (0.05 if args.quick else 0.25),
+        compile_rounds=args.compile_rounds if args.compile_rounds is not None else (1 if args.quick else 5),
+        precision=precision,
+        max_factor=args.max_factor if precision else 1,
+        quick=args.quick,
+        json=args.json,
+    ), None
 
-    results = run(keys, shapes, rounds, block_seconds, args.quick, compile_rounds, precision, max_factor)
-    rows = summarize(results)
-    meta = {
+
+def main(argv=None):
+    s, shown = parse_settings(argv, __doc__.splitlines()[0], impls.ALL, impls.available(),
+                              list(SHAPES), ["small"])
+    if s is None:
+        return shown
+    results = run(s.keys, s.shapes, s.rounds, s.block_seconds, s.quick, s.compile_rounds,
+                  s.precision, s.max_factor)
+    meta = run_meta(s.rounds, s.block_seconds, s.precision, s.max_factor, s.compile_rounds, s.quick)
+    return report(summarize(results), meta, s.json)
+
+
+def run_meta(rounds, block_seconds, precision, max_factor, compile_rounds, quick):
+    """The settings and machine a run's JSON records."""
+    return {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "backend": jax.default_backend(),
@@ -356,13 +406,18 @@ def main(argv=None):
         "precision": precision,
         "max_rounds": rounds * max_factor,
         "max_compile_rounds": compile_rounds * max_factor,
-        "quick": args.quick,
+        "quick": quick,
     }
+
+
+def report(rows, meta, json_path):
+    """Prints the tables and writes the JSON (when `json_path`); gives the rows."""
     print(f"\n{meta['date']}, {meta['machine']}, backend {meta['backend']}, "
-          f"{rounds} paired rounds of {block_seconds} s blocks; " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+          f"{meta['rounds']} paired rounds of {meta['block_seconds']} s blocks; "
+          + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     print(format_table(rows) + "\n\n" + format_compact(rows))
-    if args.json:
-        with open(args.json, "w") as f:
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return rows
 

@@ -72,7 +72,7 @@ class JaxImpl:
         self._fwd = jax.jit(apply)
 
         def loss(params, xs, ys):
-            return jnp.mean(_xent(apply(params, xs), ys))
+            return self.batch_loss(apply(params, xs), ys)
 
         def step(params, opt_state, xs, ys):
             # value_and_grad: a training loop reports its loss, as lm.train_step does.
@@ -85,6 +85,11 @@ class JaxImpl:
 
         self._step = jax.jit(step, donate_argnums=(0, 1))
         self._peg = jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))
+
+    @staticmethod
+    def batch_loss(outputs, targets):
+        """The training loss over a batch: mean softmax cross-entropy."""
+        return jnp.mean(_xent(outputs, targets))
 
     def prepare(self, xs, ys):
         self.xs, self.ys = jnp.asarray(xs), jnp.asarray(ys)
@@ -125,16 +130,21 @@ class HandWritten(JaxImpl):
 class Lamina(JaxImpl):
     name = "lamina"
 
+    loss_fn = staticmethod(_xent)  # per example, as lm.train_step takes it
+
     def __init__(self, weights):
         import lamina as lm
 
         self.lm = lm
-        self.model = lm.mlp([W.shape[0] for W, _ in weights])
+        self.model = self.make_model(weights)
         super().__init__(weights)
         # lamina's own entry points, not the base class's hand-made ones.
         self._fwd = lm.forward(self.model)
-        self._lm_step = lm.train_step(self.model, _xent, self.opt)
-        self._peg = lm.per_example_grads(self.model, _xent)
+        self._lm_step = lm.train_step(self.model, self.loss_fn, self.opt)
+        self._peg = lm.per_example_grads(self.model, self.loss_fn)
+
+    def make_model(self, weights):
+        return self.lm.mlp([W.shape[0] for W, _ in weights])
 
     def make_params(self, weights):
         return tuple({"W": jnp.asarray(W), "b": jnp.asarray(b)} for W, b in weights)
@@ -247,19 +257,11 @@ class Equinox(JaxImpl):
 
         self.eqx = eqx
         self.weights = weights
-        sizes = [weights[0][0].shape[1]] + [W.shape[0] for W, _ in weights]
-        mlp = eqx.nn.MLP(sizes[0], sizes[-1], sizes[1], len(weights) - 1,
-                         activation=jax.nn.relu, key=jax.random.key(0))
-        if len(set(sizes[1:-1])) > 1:
-            raise ValueError("eqx.nn.MLP needs equal hidden widths")
-        for i, (W, b) in enumerate(weights):
-            mlp = eqx.tree_at(lambda m: (m.layers[i].weight, m.layers[i].bias), mlp,
-                              (jnp.asarray(W), jnp.asarray(b)))
-        self.params = mlp
+        self.params = self.make_model(weights)
         self.opt = optax.adam(LR)
 
         def loss(model, xs, ys):
-            return jnp.mean(_xent(jax.vmap(model)(xs), ys))
+            return self.batch_loss(jax.vmap(model)(xs), ys)
 
         @eqx.filter_jit(donate="all")
         def step(model, opt_state, xs, ys):
@@ -273,6 +275,18 @@ class Equinox(JaxImpl):
 
         self._fwd = eqx.filter_jit(lambda model, xs: jax.vmap(model)(xs))
         self._step, self._peg = step, peg
+
+    def make_model(self, weights):
+        eqx = self.eqx
+        sizes = [weights[0][0].shape[1]] + [W.shape[0] for W, _ in weights]
+        mlp = eqx.nn.MLP(sizes[0], sizes[-1], sizes[1], len(weights) - 1,
+                         activation=jax.nn.relu, key=jax.random.key(0))
+        if len(set(sizes[1:-1])) > 1:
+            raise ValueError("eqx.nn.MLP needs equal hidden widths")
+        for i, (W, b) in enumerate(weights):
+            mlp = eqx.tree_at(lambda m: (m.layers[i].weight, m.layers[i].bias), mlp,
+                              (jnp.asarray(W), jnp.asarray(b)))
+        return mlp
 
     def prepare(self, xs, ys):
         self.xs, self.ys = jnp.asarray(xs), jnp.asarray(ys)
@@ -365,6 +379,10 @@ class Torch:
         import torch
 
         self.torch = torch
+        self.model = self.make_module(weights)
+
+    def make_module(self, weights):
+        torch = self.torch
         layers = []
         for i, (W, b) in enumerate(weights):
             linear = torch.nn.Linear(W.shape[1], W.shape[0])
@@ -374,16 +392,22 @@ class Torch:
             layers.append(linear)
             if i < len(weights) - 1:
                 layers.append(torch.nn.ReLU())
-        self.model = torch.nn.Sequential(*layers)
+        return torch.nn.Sequential(*layers)
+
+    def batch_loss(self, outputs, targets):
+        return self.torch.nn.functional.cross_entropy(outputs, targets)
 
     def to_device(self, xs):
         return self.torch.from_numpy(np.array(xs, np.float32))  # its own, writable copy
+
+    def to_targets(self, ys):
+        return self.torch.from_numpy(np.asarray(ys, np.int64))  # class labels
 
     def prepare(self, xs, ys):
         import copy
 
         torch = self.torch
-        self.xs, self.ys = self.to_device(xs), torch.from_numpy(np.asarray(ys, np.int64))
+        self.xs, self.ys = self.to_device(xs), self.to_targets(ys)
         self.train_model = copy.deepcopy(self.model)
         self.optimizer = torch.optim.Adam(self.train_model.parameters(), lr=LR)
         params = {k: v.detach() for k, v in self.model.named_parameters()}
@@ -401,7 +425,7 @@ class Torch:
 
     def train_step(self):
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.torch.nn.functional.cross_entropy(self.train_model(self.xs), self.ys)
+        loss = self.batch_loss(self.train_model(self.xs), self.ys)
         loss.backward()
         self.optimizer.step()
         return loss.detach()

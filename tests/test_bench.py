@@ -136,3 +136,51 @@ def test_every_installed_impl_takes_the_same_adam_step():
         np.testing.assert_allclose(before, first, rtol=1e-5, err_msg=key)
         np.testing.assert_allclose(after, losses["jax"][1], rtol=1e-5, err_msg=key)
         assert after < before, key
+
+
+import models  # noqa: E402
+
+
+def test_models_quick_run_covers_the_cnn_and_the_transformer_block(tmp_path):
+    out = tmp_path / "models.json"
+    rows = models.main(["--quick", "--impls", "jax,lamina", "--rounds", "1", "--compile-rounds", "0",
+                        "--precision", "0.5", "--max-factor", "2", "--block-seconds", "0.01",
+                        "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == rows
+    got = {(r["shape"].split()[0], r["metric"], r["impl"]) for r in rows}
+    want = {(shape, f"{work} b={models.QUICK_BATCH[shape]}", impl)
+            for shape in ("cnn", "transformer") for work in ("forward", "adam step")
+            for impl in ("jax (hand-written)", "lamina")}
+    assert got == want
+    for r in rows:
+        assert r["median_ms"] > 0 and 1 <= r["blocks"] <= 2
+
+
+@pytest.mark.parametrize("shape", ["cnn", "transformer"])
+def test_every_installed_model_impl_computes_the_reference_and_the_same_adam_step(shape):
+    # The same weights and batch in every library: forwards match the
+    # float64 NumPy reference, and two Adam steps give the floor's losses.
+    weights = models.make_weights(shape)
+    built = models.build(shape, models.available(), weights)
+    rng = np.random.default_rng(1)
+    models.check_forward(shape, built, weights, rng)
+    xs, ys = models.make_batch(shape, models.QUICK_BATCH[shape], rng)
+    losses = {}
+    for key, impl in built.items():
+        impl.prepare(xs, ys)
+        losses[key] = [float(impls.block(impl.train_step())) for _ in range(2)]
+    for key, (before, after) in losses.items():
+        np.testing.assert_allclose([before, after], losses["jax"], rtol=1e-4, err_msg=key)
+        assert after < before, key
+
+
+def test_model_reference_by_hand():
+    # One 2x2 max-pooled 3x3 "identity" convolution: the centre tap only.
+    weights = models.make_weights("cnn")
+    w = {k: np.zeros_like(v) for k, v in weights.items()}
+    w["0.weight"][0, 0, 1, 1] = 1.0  # channel 0 copies input channel 0
+    w["3.weight"][0, 0, 1, 1] = 1.0
+    w["7.weight"][0, 0] = 1.0  # logit 0 reads flattened position (c=0, h=0, w=0)
+    xs = np.zeros((1, 3, 32, 32), np.float32)
+    xs[0, 0, :4, :4] = np.arange(16).reshape(4, 4)  # max over the top-left 4x4 block: 15
+    np.testing.assert_allclose(models.numpy_forward("cnn", w, xs)[0], [15.0] + [0.0] * 9)
