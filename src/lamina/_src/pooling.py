@@ -79,9 +79,12 @@ class _Pool(Builtin):
     def apply(self, params, x, *, key=None):
         x = check_float_input(self.name, x)
         window, stride, padding, _ = self._settings(x.shape, "x with shape")
-        return self._reduce(
-            x, (1,) + window, (1,) + stride, ((0, 0),) + tuple((p, p) for p in padding)
-        )
+        # Reduced channels-last: XLA:CPU then fuses a conv -> relu -> pool
+        # chain into one kernel, where channels-first splits it around
+        # transposes (2.7x slower for the benchmark CNN, benchmarks/README.md).
+        y = self._reduce(jnp.moveaxis(x, 0, -1), window + (1,), stride + (1,),
+                         tuple((p, p) for p in padding) + ((0, 0),))
+        return jnp.moveaxis(y, -1, 0)
 
     def _reduce(self, x, window, stride, padding) -> jax.Array:
         raise NotImplementedError
