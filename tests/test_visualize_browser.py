@@ -1,8 +1,8 @@
 """visualize in a real browser: headless Chromium, driven by Selenium.
 
 Needs `selenium` and the Debian packages `chromium` and `chromium-driver`;
-without them the module is skipped. Set LAMINA_SCREENSHOT=docs/visualize.png
-to save the README's screenshot while the tests run.
+without them the module is skipped. Set LAMINA_SCREENSHOT=docs/figures/visualize.png
+to save the docs' screenshot while the tests run.
 """
 
 import os
