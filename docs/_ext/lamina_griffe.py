@@ -16,9 +16,14 @@ import dataclasses
 import importlib
 import inspect
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import griffe
+
+# Import the lamina that mkdocstrings documents (`paths: [src]`), installed or not.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 _KINDS = {
     inspect.Parameter.POSITIONAL_ONLY: griffe.ParameterKind.positional_only,
