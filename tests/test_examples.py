@@ -36,6 +36,11 @@ def test_forward_propagation(tmp_path, capsys):
     page = (tmp_path / "forward_propagation.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "http" not in page
     assert f">{ref[0]:.4f}</text>" in page  # the output node shows the prediction
+    # The docs show this example's figure and page: still what it writes.
+    from test_docs import DOCS, committed_figure_size, png_size
+
+    assert png_size(tmp_path / "forward_propagation.png") == committed_figure_size("forward_propagation.png")
+    assert f">{ref[0]:.4f}</text>" in (DOCS / "figures" / "forward_propagation.html").read_text(encoding="utf-8")
 
 
 def test_train_digits_quick(tmp_path, capsys):
@@ -45,6 +50,9 @@ def test_train_digits_quick(tmp_path, capsys):
     assert len(result["history"]["train_loss"]) == 5
     png = (tmp_path / "digits_training.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from test_docs import committed_figure_size, png_size  # the docs show this example's figure
+
+    assert png_size(tmp_path / "digits_training.png") == committed_figure_size("digits_training.png")
     out = capsys.readouterr().out
     assert "test accuracy:" in out and "predicted" in out
     page = html.read_text(encoding="utf-8")

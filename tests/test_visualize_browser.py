@@ -1,8 +1,8 @@
 """visualize in a real browser: headless Chromium, driven by Selenium.
 
 Needs `selenium` and the Debian packages `chromium` and `chromium-driver`;
-without them the module is skipped. Set LAMINA_SCREENSHOT=docs/visualize.png
-to save the README's screenshot while the tests run.
+without them the module is skipped. Set LAMINA_SCREENSHOT=docs/figures/visualize.png
+to save the docs' screenshot while the tests run.
 """
 
 import os
@@ -183,6 +183,9 @@ def test_screenshot_mid_way_with_a_calculation_open(browser, lesson, tmp_path):
     browser.save_screenshot(str(shot))
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (WIDTH, HEIGHT)
+    from test_docs import committed_figure_size  # the docs show this screenshot
+
+    assert committed_figure_size("visualize.png") == (WIDTH, HEIGHT)
     if os.environ.get("LAMINA_SCREENSHOT"):
         target = pathlib.Path(os.environ["LAMINA_SCREENSHOT"])
         target.parent.mkdir(parents=True, exist_ok=True)

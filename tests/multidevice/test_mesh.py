@@ -124,12 +124,12 @@ def test_sharded_training_example(tmp_path):
     np.testing.assert_allclose(result["mesh_loss"], result["single_loss"], rtol=1e-3)
 
 
-def test_readme_sharding_snippet_runs():
-    from test_readme import python_blocks
+def test_docs_sharding_snippet_runs():
+    from test_docs import python_blocks
 
-    (block,) = python_blocks(needs_mesh=True)
+    (block,) = python_blocks("how-to/sharding.md", needs_mesh=True)
     namespace = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, "docs/how-to/sharding.md", "exec"), namespace)
     assert namespace["params"][0]["W"].sharding.spec == P("model", None)
     assert namespace["params"][1]["W"].sharding.spec == P(None, "model")
     assert np.isfinite(float(namespace["metrics"]["loss"]))

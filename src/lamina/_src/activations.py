@@ -44,7 +44,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "hard_tanh": jax.nn.hard_tanh,
     "mish": jax.nn.mish,
 }
-"""Activation names accepted wherever lamina takes `act`."""
+"""Activation names accepted wherever lamina takes `act`.
+
+A name -> function mapping of JAX's own activations (`"relu"` is
+`jax.nn.relu`); a layer built with one of these functions stores it by its
+name, so it stays a value (equal, hashable, serialisable as JSON).
+"""
 
 
 def resolve_activation(
@@ -143,25 +148,58 @@ class Activation(Builtin):
 
 
 def Relu() -> Activation:
-    """`lm.Activation("relu")`: max(x, 0) element-wise."""
+    """`lm.Activation("relu")`: max(x, 0) element-wise.
+
+    Example:
+      >>> import jax.numpy as jnp, lamina as lm
+      >>> layer = lm.Relu()
+      >>> layer == lm.Activation("relu"), layer.apply((), jnp.array([-1.0, 2.0])).tolist()
+      (True, [0.0, 2.0])
+    """
     return Activation("relu")
 
 
 def Sigmoid() -> Activation:
-    """`lm.Activation("sigmoid")`: 1 / (1 + exp(-x)) element-wise."""
+    """`lm.Activation("sigmoid")`: 1 / (1 + exp(-x)) element-wise.
+
+    Example:
+      >>> import jax.numpy as jnp, lamina as lm
+      >>> lm.Sigmoid().apply((), jnp.array([0.0])).tolist()
+      [0.5]
+    """
     return Activation("sigmoid")
 
 
 def Tanh() -> Activation:
-    """`lm.Activation("tanh")` element-wise."""
+    """`lm.Activation("tanh")` element-wise.
+
+    Example:
+      >>> import jax.numpy as jnp, lamina as lm
+      >>> lm.Tanh().apply((), jnp.array([0.0, 100.0])).tolist()
+      [0.0, 1.0]
+    """
     return Activation("tanh")
 
 
 def Softmax() -> Activation:
-    """`lm.Activation("softmax")` over the last axis."""
+    """`lm.Activation("softmax")` over the last axis.
+
+    Example:
+      >>> import jax.numpy as jnp, lamina as lm
+      >>> y = lm.Softmax().apply((), jnp.array([1.0, 1.0, 1.0, 1.0]))
+      >>> y.tolist(), float(y.sum())
+      ([0.25, 0.25, 0.25, 0.25], 1.0)
+    """
     return Activation("softmax")
 
 
 def LogSoftmax() -> Activation:
-    """`lm.Activation("log_softmax")` over the last axis."""
+    """`lm.Activation("log_softmax")` over the last axis.
+
+    Example:
+      >>> import jax.numpy as jnp, lamina as lm
+      >>> y = lm.LogSoftmax().apply((), jnp.array([0.0, 0.0]))
+      >>> [round(v, 4) for v in y.tolist()]
+      [-0.6931, -0.6931]
+    """
     return Activation("log_softmax")

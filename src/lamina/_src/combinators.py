@@ -179,6 +179,15 @@ class parallel(_Combinator):
 
     A `Layer` whose output shape is a tuple of the branches' output shapes
     and whose params are a tuple with one entry per branch.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.parallel(lm.Dense(3), lm.Identity())
+      >>> out_shape, params = model.init(jax.random.key(0), (4,))
+      >>> out_shape
+      ((3,), (4,))
+      >>> [y.shape for y in model.apply(params, jnp.ones(4))]
+      [(3,), (4,)]
     """
 
     kind = "parallel"
@@ -228,6 +237,14 @@ class residual(Builtin):
 
     Raises:
       ValueError: at init, when `layer` changes the shape of its input.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> block = lm.residual(lm.Dense(4, act="tanh"))
+      >>> _, params = block.init(jax.random.key(0), (4,))
+      >>> x = jnp.ones(4)
+      >>> bool(jnp.allclose(block.apply(params, x), x + block.layer.apply(params[0], x)))
+      True
     """
 
     layer: Layer
@@ -337,6 +354,13 @@ class Concat(Builtin):
 
     Args:
       axis: the axis of one example to join along; negative counts from the end.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.serial(lm.parallel(lm.Dense(3), lm.Dense(2)), lm.Concat())
+      >>> out_shape, params = model.init(jax.random.key(0), (4,))
+      >>> out_shape, model.apply(params, jnp.ones(4)).shape
+      ((5,), (5,))
     """
 
     axis: int = -1

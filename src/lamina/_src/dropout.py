@@ -26,6 +26,17 @@ class Dropout(Builtin):
 
     Raises:
       ValueError: `rate` outside `[0, 1)`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> layer = lm.Dropout(0.5)
+      >>> _, params = layer.init(jax.random.key(0), (6,))
+      >>> x = jnp.ones(6)
+      >>> bool((layer.apply(params, x) == x).all())              # no key: identity
+      True
+      >>> y = layer.apply(params, x, key=jax.random.key(1))     # a key: dropped or doubled
+      >>> sorted(set(y.tolist())) in ([0.0, 2.0], [0.0], [2.0])
+      True
     """
 
     rate: float

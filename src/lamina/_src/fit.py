@@ -123,6 +123,18 @@ def fit(
         checkpoints of a different run.
       FloatingPointError: the loss became NaN or infinite; the message names
         the epoch and step, and the checkpoint to resume from.
+
+    Example:
+      >>> import jax, numpy as np, optax, lamina as lm
+      >>> xs = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+      >>> ys = (xs[:, 0] > 0).astype(np.int32)
+      >>> model = lm.mlp([16, 2])
+      >>> _, params = model.init(jax.random.key(0), (2,))
+      >>> params, history = lm.fit(model, params, optax.adam(1e-2), (xs, ys),
+      ...     loss_fn=optax.softmax_cross_entropy_with_integer_labels, epochs=3,
+      ...     batch_size=16, key=jax.random.key(1), eval_data=(xs, ys), progress=False)
+      >>> len(history["train_loss"]), sorted(history)
+      (3, ['eval_accuracy', 'eval_loss', 'train_loss'])
     """
     _check_step_args(model, loss_fn, optimizer, "fit")
     _check_limits(epochs, steps, batch_size, checkpoint_every, keep)

@@ -26,7 +26,10 @@ import numpy as np
 from lamina._src.errors import join_path, layer_error
 
 Shape = tuple[int, ...]
+"""The shape of ONE example, without a batch axis, e.g. `(784,)` or `(1, 8, 8)`."""
 Params = Any  # a pytree of jax.Array: dicts, tuples and () for no weights
+"""A params pytree of `jax.Array`: `Dense` holds `{"W": (out, in), "b": (out,)}`,
+a combinator a tuple with one entry per child, a layer without weights `()`."""
 
 InitFn = Callable[[jax.Array, Shape], tuple[Any, Params]]
 ApplyFn = Callable[..., Any]
@@ -51,6 +54,14 @@ class TraceStep(NamedTuple):
         means the step just before (a user layer that does not say).
       values: other named values the layer computed on the way, e.g.
         BatchNorm's `{"mean", "var", "normalized"}`; `None` for none.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.mlp([4, 2])
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> step = lm.trace(model, params, jnp.ones(3))[0]
+      >>> step.path, step.name, step.act, step.weighted_sum.shape, step.layer == model.layers[0]
+      ('serial[0]', 'Dense(4, relu)', 'relu', (4,), True)
     """
 
     path: str

@@ -33,6 +33,14 @@ class LayerNorm(Builtin):
 
     A `Layer` with params `{"scale": (d,), "offset": (d,)}`, initialised to
     ones and zeros, where `d` is the size of the last axis.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> layer = lm.LayerNorm()
+      >>> _, params = layer.init(jax.random.key(0), (4,))
+      >>> y = layer.apply(params, jnp.array([1.0, 2.0, 3.0, 4.0]))
+      >>> round(float(y.mean()), 4), round(float(y.var()), 3)
+      (0.0, 1.0)
     """
 
     eps: float = 1e-5

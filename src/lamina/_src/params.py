@@ -234,6 +234,17 @@ def check_params(
     Raises:
       ValueError: naming the layer and the first params path that differs,
         with what was expected there and what was found.
+
+    Example:
+      >>> import jax, lamina as lm
+      >>> model = lm.mlp([8, 2])
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> lm.check_params(model, params, (3,))          # fits: nothing happens
+      >>> try:
+      ...     lm.check_params(model, params, (4,))
+      ... except ValueError as error:
+      ...     print("does not fit at", error.path)
+      does not fit at serial[0]
     """
     _, expected = param_shapes(model, input_shape)
     found = _first_difference(expected, params, ())

@@ -10,7 +10,15 @@ from lamina._src.layer import Builtin, check_input_shape, frozen, size
 
 @frozen
 class Identity(Builtin):
-    """Returns its input unchanged; a placeholder, e.g. the skip side of a block."""
+    """Returns its input unchanged; a placeholder, e.g. the skip side of a block.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.serial(lm.Identity(), lm.Dense(2))
+      >>> _, params = model.init(jax.random.key(0), (3,))
+      >>> params[0], model.apply(params, jnp.ones(3)).shape
+      ((), (2,))
+    """
 
     name = "Identity()"
     batch_polymorphic = True

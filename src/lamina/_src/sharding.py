@@ -65,6 +65,14 @@ def shard_batch(xs: Any, mesh: Mesh) -> Any:
     Raises:
       ValueError: the mesh has no `data` axis, or a batch is not divisible by
         its size (both numbers are named).
+
+    Example:
+      >>> import jax, numpy as np, lamina as lm
+      >>> from jax.sharding import Mesh, PartitionSpec as P
+      >>> mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+      >>> xs, ys = lm.shard_batch((np.ones((8, 3), np.float32), np.zeros(8, np.int32)), mesh)
+      >>> xs.shape, xs.sharding.spec == P("data")
+      ((8, 3), True)
     """
     _check_mesh("shard_batch", mesh, DATA)
     n = mesh.shape[DATA]
@@ -153,6 +161,16 @@ def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None, *,
     Raises:
       ValueError: the mesh has no `model` axis while a rule uses it, or an
         explicit rule splits an axis that the mesh axis size does not divide.
+
+    Example:
+      >>> import jax, numpy as np, lamina as lm
+      >>> from jax.sharding import Mesh, PartitionSpec as P
+      >>> mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+      >>> model = lm.mlp([8, 2])
+      >>> _, params = model.init(jax.random.key(0), (4,))
+      >>> placed = lm.shard_params(params, mesh)
+      >>> placed[0]["W"].sharding.spec == P("model", None), placed[1]["W"].sharding.spec == P(None, "model")
+      (True, True)
     """
     if not isinstance(mesh, Mesh):
         _check_mesh("shard_params", mesh, MODEL)

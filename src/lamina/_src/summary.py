@@ -38,6 +38,12 @@ class SummaryRow(NamedTuple):
       params: number of parameters the layer holds itself (0 for
         combinators, whose children hold theirs).
       flops: floating-point operations per example (see the module notes).
+
+    Example:
+      >>> import lamina as lm
+      >>> row = lm.summary(lm.mlp([16, 3]), (5,), show=False).rows[0]
+      >>> row.path, row.name, row.output_shape, row.params
+      ('serial[0]', 'Dense(16, relu)', (16,), 96)
     """
 
     path: str
@@ -61,6 +67,12 @@ class Summary(NamedTuple):
       state: number of state values (e.g. BatchNorm's running statistics),
         which the forward pass updates and the optimizer does not train.
       state_bytes: memory the state takes, in bytes.
+
+    Example:
+      >>> import lamina as lm
+      >>> info = lm.summary(lm.mlp([16, 3]), (5,), show=False)
+      >>> info.output_shape, info.params, len(info.rows)
+      ((3,), 147, 2)
     """
 
     name: str

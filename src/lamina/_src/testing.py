@@ -49,6 +49,16 @@ class LayerCheckError(LaminaError, AssertionError):
     Attributes:
       property: the broken property, one of `PROPERTIES` (e.g. `"vmap"`).
       layer_name: the layer's name (also `.layer`).
+
+    Example:
+      >>> import lamina as lm
+      >>> broken = lm.Layer(lambda key, shape: ((3,), ()),          # declares (3,) ...
+      ...                   lambda params, x, *, key=None: x, "Liar")  # ... returns (4,)
+      >>> try:
+      ...     lm.testing.check_layer(broken, (4,))
+      ... except lm.testing.LayerCheckError as error:
+      ...     print(error.property, error.layer_name, isinstance(error, AssertionError))
+      shape Liar True
     """
 
     __module__ = "lamina.testing"  # where users import it from

@@ -293,6 +293,15 @@ def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
       statistics would make each example's gradient depend on the others.
       `inputs` and `targets` are arrays or nested Python lists; an empty
       batch raises a `ValueError`.
+
+    Example:
+      >>> import jax, numpy as np, optax, lamina as lm
+      >>> model = lm.mlp([8, 3])
+      >>> _, params = model.init(jax.random.key(0), (4,))
+      >>> grads = lm.per_example_grads(model, optax.softmax_cross_entropy_with_integer_labels)
+      >>> g = grads(params, (np.ones((5, 4), np.float32), np.zeros(5, np.int32)))
+      >>> g[0]["W"].shape, g[1]["b"].shape
+      ((5, 8, 4), (5, 3))
     """
     _check_step_args(model, loss_fn, None, "per_example_grads")
 
@@ -335,6 +344,16 @@ def evaluate(
 
     Returns:
       `{"loss": float, **{name: float}}` over all examples.
+
+    Example:
+      >>> import jax, numpy as np, optax, lamina as lm
+      >>> model = lm.mlp([8, 3])
+      >>> _, params = model.init(jax.random.key(0), (4,))
+      >>> xs, ys = np.ones((10, 4), np.float32), np.zeros(10, np.int32)
+      >>> result = lm.evaluate(model, params, (xs, ys),
+      ...                      loss_fn=optax.softmax_cross_entropy_with_integer_labels)
+      >>> sorted(result), 0.0 <= result["accuracy"] <= 1.0
+      (['accuracy', 'loss'], True)
     """
     _check_positive_ints("evaluate", batch_size=batch_size)
     inputs, targets = as_dataset("evaluate", data)
