@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import statistics
@@ -67,6 +68,12 @@ FLOOR_KEY = FLOOR  # bench.paired_rounds pairs every key with "jax": the hand-wr
 EPS = 1e-5
 LR = 1e-3
 IMPLS = ["serial", "stack", "stack+remat", FLOOR_KEY, "flax", "haiku"]
+
+
+def available():
+    """The IMPLS whose library imports here (Flax and Haiku come with the bench extra)."""
+    return [k for k in IMPLS if k not in ("flax", "haiku") or importlib.util.find_spec(k)]
+
 LABELS = {
     "serial": "lm.serial (unrolled)",
     "stack": "lm.stack",
@@ -715,7 +722,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="depths 2 and 4, width 32, one round")
     p.add_argument("--depths", default="4,16,64,256")
-    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--impls", default=None, help="default: every one whose library imports")
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--batch", type=int, default=64)
@@ -740,7 +747,7 @@ def parse(argv):
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
     args.depths, args.memory_depths = ints(args.depths), ints(args.memory_depths)
     args.remat_dots_depths = ints(args.remat_dots_depths)
-    args.impls = [k for k in args.impls.split(",") if k]
+    args.impls = available() if args.impls is None else [k for k in args.impls.split(",") if k]
     if args.quick:
         args.depths, args.width, args.hidden, args.batch = [2, 4], 32, 64, 8
         args.compile_rounds, args.rounds, args.rounds_deep = 1, 1, 1

@@ -11,6 +11,13 @@ def key():
 
 
 @pytest.fixture
+def allow_rank_promotion():
+    """Implicit broadcasting allowed: the benchmarks' other libraries rely on it, as users' code does."""
+    with jax.numpy_rank_promotion("allow"):
+        yield
+
+
+@pytest.fixture
 def x64():
     """Float64 inside the test: finite differences need it to be exact enough."""
     from lamina._src.testing import enable_x64  # here: lamina.testing loads lazily

@@ -4,7 +4,6 @@ import json
 import pathlib
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -15,11 +14,7 @@ import bench  # noqa: E402
 import impls  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def allow_rank_promotion():
-    # The other libraries (stax) broadcast biases implicitly, as users' code does.
-    with jax.numpy_rank_promotion("allow"):
-        yield
+pytestmark = pytest.mark.usefixtures("allow_rank_promotion")
 
 
 def test_quick_run_writes_table_and_json(tmp_path, capsys):

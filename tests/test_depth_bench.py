@@ -12,15 +12,9 @@ sys.path.insert(0, str(BENCH))
 
 import depth  # noqa: E402
 
-pytest.importorskip("flax")
-pytest.importorskip("haiku")
 
 
-@pytest.fixture(autouse=True)
-def allow_rank_promotion():
-    # The hand-written floor and the other libraries broadcast biases implicitly.
-    with jax.numpy_rank_promotion("allow"):
-        yield
+pytestmark = pytest.mark.usefixtures("allow_rank_promotion")
 
 
 def test_quick_run_prints_every_implementation_and_they_agree(tmp_path, capsys):
@@ -30,17 +24,17 @@ def test_quick_run_prints_every_implementation_and_they_agree(tmp_path, capsys):
     assert (tmp_path / "d.png").stat().st_size > 0
     table = capsys.readouterr().out
     for n in (2, 4):
-        for key in depth.IMPLS:
+        for key in depth.available():
             assert f"| {n} | {depth.LABELS[key]} | " in table, (n, key)
         # main raises before timing when they disagree; the errors are kept too
         agreement = results["agreement"][str(n)]
-        assert set(agreement) == set(depth.IMPLS)
+        assert set(agreement) == set(depth.available())
         for errors in agreement.values():
             assert max(errors["forward"], errors["loss"], errors["loss after a step"]) < 1e-4
-        for key in depth.IMPLS:
+        for key in depth.available():
             c = results["compile"][str(n)][key]
             assert 0 < c["min"] <= c["median"] <= c["max"]
-        assert set(results["ratios"][str(n)]) == set(depth.IMPLS) - {depth.FLOOR_KEY} | {"compile stack"}
+        assert set(results["ratios"][str(n)]) == set(depth.available()) - {depth.FLOOR_KEY} | {"compile stack"}
     assert "goal: lm.stack compile at depth 4 / depth 2" in table
     memory = results["memory"]["4"]
     assert memory["stack+remat"]["peak"] <= memory["stack"]["peak"]

@@ -8,11 +8,12 @@ The site is built once per session into a temporary folder.
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
+
+from headless import chrome, needs_browser
 
 pytest.importorskip("mkdocs", reason="needs the docs extra: pip install -e '.[docs]'")
 pytest.importorskip("mkdocstrings_handlers.python", reason="needs the docs extra: pip install -e '.[docs]'")
@@ -60,30 +61,15 @@ def test_no_page_loads_anything_from_the_network(site):
 
 
 try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 except ImportError:
-    webdriver = None
-
-CHROMIUM = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
-CHROMEDRIVER = shutil.which("chromedriver")
-needs_browser = pytest.mark.skipif(
-    webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs selenium (pip) and a Chromium with its driver (apt: chromium chromium-driver)",
-)
+    pass  # needs_browser skips the tests that use it
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
     # No name resolves: a page that tried to load from the network would fail to.
-    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1200,900", "--host-resolver-rules=MAP * ~NOTFOUND"]:
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chrome(1200, 900, "--host-resolver-rules=MAP * ~NOTFOUND")
     yield driver
     driver.quit()
 

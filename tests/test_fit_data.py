@@ -120,6 +120,21 @@ def test_steps_bounds_an_endless_stream():
     assert len(history["train_loss"]) == 1  # the one, partial, pass
 
 
+def test_a_list_of_two_batches_is_two_batches_not_one_pair():
+    # list(a torch DataLoader) of two batches holds [xs, ys] lists: not (inputs, targets).
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(16, 3)).astype(np.float32)
+    ys = (xs[:, 0] > 0).astype(np.int32)
+    model = lm.mlp([2])
+    _, params = model.init(jax.random.key(0), (3,))
+    batches = [[xs[:8], ys[:8]], [xs[8:], ys[8:]]]
+    as_list, _ = lm.fit(model, params, optax.sgd(0.1), batches, loss_fn=xent, epochs=1,
+                        key=jax.random.key(0), progress=False)
+    as_tuples, _ = lm.fit(model, params, optax.sgd(0.1), [tuple(b) for b in batches],
+                          loss_fn=xent, epochs=1, key=jax.random.key(0), progress=False)
+    chex.assert_trees_all_equal(as_list, as_tuples)
+
+
 def test_ragged_batches_compile_once():
     traces = []
     base = lm.Dense(2)

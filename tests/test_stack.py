@@ -300,3 +300,64 @@ def test_same_key_same_masks_as_split_per_child():
 ], ids=["stack", "remat"])
 def test_check_layer_passes(layer):
     lm.testing.check_layer(layer, (5,))
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: lm.serial(lm.Dense(6), s),
+    lambda s: lm.residual(s),
+    lambda s: lm.parallel(s, lm.Identity()),
+], ids=["serial", "residual", "parallel"])
+def test_a_stack_inside_a_combinator_still_scans(wrap):
+    def size(n):
+        model = wrap(lm.stack(lm.residual(lm.Dense(6, act="tanh")), n))
+        _, params = model.init(jax.random.key(0), (6,))
+        jaxpr = jax.make_jaxpr(model.apply)(params, jnp.ones(6))
+        assert "scan" in str(jaxpr)
+        return len(jaxpr.eqns)
+
+    assert size(2) == size(32)
+
+
+def test_a_remat_inside_a_combinator_still_checkpoints():
+    model = lm.serial(lm.remat(lm.serial(lm.Dense(6, act="tanh"), lm.Dense(6))), lm.Dense(2))
+    _, params = model.init(jax.random.key(0), (6,))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: model.apply(p, jnp.ones(6)).sum()))(params)
+    assert "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
+    # and the transformer block applies its parts' apply too
+    block = lm.serial(lm.stack(lm.TransformerEncoderLayer(2, 8), 3), lm.Flatten())
+    _, p = block.init(jax.random.key(0), (4, 8))
+    assert "scan" in str(jax.make_jaxpr(block.apply)(p, jnp.ones((4, 8))))
+
+
+@pytest.mark.parametrize("layer", [lm.Activation("tanh"), lm.Dropout(0.5),
+                                   lm.residual(lm.Activation("tanh"))], ids=repr)
+def test_a_stack_of_a_layer_without_params(layer):
+    model = lm.stack(layer, 3)
+    _, params = model.init(jax.random.key(0), (4,))
+    x = jnp.linspace(-1, 1, 4)
+    assert jax.tree.leaves(params) == []
+    np.testing.assert_allclose(model.apply(params, x),
+                               lm.serial(*[layer] * 3).apply(model.unstack(params), x), rtol=1e-6)
+
+
+def test_a_stack_follows_serial_when_the_block_changes_the_dtype():
+    for block, x in [(lm.Dense(4, dtype=jnp.bfloat16), jnp.ones(4)),
+                     (lm.Dense(4), jnp.ones(4, jnp.bfloat16))]:
+        model = lm.stack(block, 2)
+        _, params = model.init(jax.random.key(0), (4,))
+        got = model.apply(params, x)
+        want = lm.serial(block, block).apply(model.unstack(params), x)
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                                   rtol=1e-2)
+    # with state, bfloat16 inputs to float32 params
+    model = lm.stack(lm.serial(lm.Dense(4), lm.BatchNorm()), 2)
+    _, params = model.init(jax.random.key(0), (4,))
+    ys, _ = lm.forward(model)(params, jnp.ones((3, 4), jnp.bfloat16),
+                              state=lm.init_state(model, (4,)))
+    assert ys.dtype == jnp.float32
+
+
+def test_remat_refuses_a_policy_factory():
+    with pytest.raises(lm.LaminaError, match="unknown policy 'save_anything_except_these_names'"):
+        lm.remat(BLOCK, "save_anything_except_these_names")

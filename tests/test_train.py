@@ -415,7 +415,7 @@ def test_reusing_a_donated_array_says_what_happened(problem):
     "make_state, pattern",
     [
         (lambda opt, p, other: opt.init(other), r"at '0\.mu\.0\.W': expected shape \(5, 4\), got \(5, 3\)"),
-        (lambda opt, p, other: optax.sgd(0.1).init(p), r": '0\.count' is missing \(optimizer.init\(params\) has 9 arrays, opt_state 0\)"),
+        (lambda opt, p, other: optax.sgd(0.1).init(p), r"at '0\.count': missing \(optimizer.init\(params\) has 9 arrays, opt_state 0\)"),
         (lambda opt, p, other: opt.init(p[:1]), r"at '0\.nu\.0\.W': optimizer.init\(params\) has '0\.mu\.1\.W' there"),
     ],
 )

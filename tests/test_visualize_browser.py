@@ -17,36 +17,23 @@ import pytest
 
 import lamina as lm
 from example_runner import load
+from headless import chrome, needs_browser
 from lamina import visualize
 
 try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 except ImportError:
-    webdriver = None
+    pass  # needs_browser skips the module
 
-CHROMIUM = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    webdriver is None or CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs selenium (pip) and a Chromium with its driver (apt: chromium chromium-driver)",
-)
+pytestmark = needs_browser
 WIDTH, HEIGHT = 1400, 900
 X = jnp.array([0.8, 0.3, 0.9])  # the lesson's food: size, shape, nutrition
 
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={WIDTH},{HEIGHT}"]:
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # A driver path given outright: Selenium Manager must not go looking online.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chrome(WIDTH, HEIGHT)
     driver.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": WIDTH, "height": HEIGHT, "deviceScaleFactor": 1, "mobile": False},

@@ -335,12 +335,14 @@ class TransformerEncoderLayer(Builtin):
         return self.block(D).init(key, shape)
 
     def apply(self, params, x, *, key=None):
-        return self.trace(params, x, key=key)[0]
+        return self._block(x).apply(params, x, key=key)
 
     def trace(self, params, x, *, key=None):
+        return self._block(x).trace(params, x, key=key)
+
+    def _block(self, x):
         x = check_float_input(self.name, x)
-        _, D = _sequence_shape(self.name, x.shape, self.num_heads)
-        return self.block(D).trace(params, x, key=key)
+        return self.block(_sequence_shape(self.name, x.shape, self.num_heads)[1])
 
     def torch_params(self, params):
         block = self.block(int(jnp.shape(_at(params, self._places["norm1"])["scale"])[0]))

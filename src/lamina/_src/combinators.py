@@ -31,6 +31,7 @@ from lamina._src.layer import (
     nest,
     output_shape,
     run,
+    run_apply,
     size,
 )
 
@@ -99,10 +100,12 @@ class _Combinator(Builtin):
         return all(layer.batch_polymorphic for layer in self.layers)
 
     def apply(self, params, x, *, key=None, state=None, train=False):
-        # Under jit the steps are dead code, so apply and trace compile to the
-        # same program and cannot drift apart.
-        out = self.trace(params, x, key=key, state=state, train=train)
+        # The same loop as trace, through each child's apply.
+        out = self._forward(params, x, key, state, train, run_apply)
         return out[0] if state is None else (out[0], out[2])
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
+        return self._forward(params, x, key, state, train, run)
 
     def _states(self, state):
         """One state per child (`None` each when no state is threaded)."""
@@ -154,7 +157,7 @@ class serial(_Combinator):
                     shape = output_shape(layer, shape)
         return tuple(states)
 
-    def trace(self, params, x, *, key=None, state=None, train=False):
+    def _forward(self, params, x, key, state, train, run):
         _check_child_params(self.name, params, len(self.layers))
         states = self._states(state)
         steps: list[TraceStep] = []
@@ -209,7 +212,7 @@ class parallel(_Combinator):
                 states.append(layer.init_state(input_shape) if layer.stateful else ())
         return tuple(states)
 
-    def trace(self, params, x, *, key=None, state=None, train=False):
+    def _forward(self, params, x, key, state, train, run):
         _check_child_params(self.name, params, len(self.layers))
         states = self._states(state)
         outs, steps, ends = [], [], []
@@ -288,10 +291,13 @@ class residual(Builtin):
             return (self.layer.init_state(input_shape),)
 
     def apply(self, params, x, *, key=None, state=None, train=False):
-        out = self.trace(params, x, key=key, state=state, train=train)
+        out = self._forward(params, x, key, state, train, run_apply)
         return out[0] if state is None else (out[0], out[2])
 
     def trace(self, params, x, *, key=None, state=None, train=False):
+        return self._forward(params, x, key, state, train, run)
+
+    def _forward(self, params, x, key, state, train, run):
         _check_child_params(self.name, params, 1)
         check_key(self.name, key, optional=True)
         if state is None and self.stateful:

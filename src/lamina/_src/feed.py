@@ -37,7 +37,14 @@ def is_arrays(data: Any) -> bool:
         return True
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         return False
+    if any(_is_batch(a) for a in data):  # two batches, e.g. list(a_torch_loader)
+        return False
     return all(hasattr(a, "shape") or (isinstance(a, list) and not _holds_pairs(a)) for a in data)
+
+
+def _is_batch(item: Any) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and all(
+        hasattr(a, "shape") for a in item)
 
 
 def _holds_pairs(items: list) -> bool:

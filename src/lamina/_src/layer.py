@@ -345,6 +345,22 @@ def run(layer: Layer, params: Params, x: Any, key: Any = None, state: Any = None
     return y, steps, state
 
 
+def run_apply(layer: Layer, params: Params, x: Any, key: Any = None, state: Any = None,
+              train: bool = False) -> tuple[Any, list, Any]:
+    """`run` through `layer.apply`: `(y, [], new_state)`, what a combinator's apply calls.
+
+    A combinator's `apply` and `trace` share one loop over the children, so
+    they cannot drift apart; `apply` calls each child's own `apply` (a
+    `stack` scans, a `remat` checkpoints), `trace` each child's `trace`.
+    """
+    if layer.stateful:
+        if state is None:
+            raise missing_state(layer)
+        y, new = layer.apply(params, x, key=key, state=state, train=train)
+        return y, [], new
+    return layer.apply(params, x, key=key), [], state
+
+
 def abstract_init(layer: Layer, input_shape: Any, key: Any = None) -> tuple[Any, Params]:
     """`layer.init` under `jax.eval_shape`: `(output_shape, params of ShapeDtypeStruct)`."""
     shapes = []

@@ -33,6 +33,7 @@ from lamina._src.layer import (
     missing_state,
     nest,
     run,
+    run_apply,
 )
 
 
@@ -208,21 +209,36 @@ class stack(Builtin):
                     return layer.apply(p, h, key=k), None
                 return layer.apply(p, h, key=k, state=s, train=train)
 
-        x = self._carry_dtype(params, x)
-        y, new = lax.scan(body, x, (params, keys, inner), unroll=self.unroll)
+        def scan(h):
+            return lax.scan(body, h, (params, keys, inner), length=self.n, unroll=self.unroll)
+
+        x = jnp.asarray(x)
+        try:
+            y, new = scan(x)
+        except TypeError as error:
+            if "carry" not in str(error):
+                raise
+            # The block changes the dtype (bfloat16 inputs to float32 params,
+            # a Dense with dtype=): serial's copies would run from the first
+            # copy's output dtype on, so the carry starts in it.
+            first = jax.eval_shape(
+                lambda p, h, k, s: run_apply(layer, p, h, k, s, train)[0], _slice(params, 0), x,
+                None if keys is None else keys[0], None if inner is None else _slice(inner, 0))
+            if first.dtype == x.dtype:
+                raise
+            try:
+                y, new = scan(x.astype(first.dtype))
+            except TypeError:
+                raise layer_error(
+                    self.name,
+                    f"a stacked layer must keep the dtype of its input after the first copy, "
+                    f"so its output can feed the next; it maps {x.dtype} to {first.dtype} and "
+                    f"{first.dtype} to another dtype",
+                    TypeError,
+                ) from error
         if state is None:
             return y
         return y, (new if inner is not None else state)
-
-    def _carry_dtype(self, params, x):
-        # serial promotes x to the params' dtype at the first copy; the scan
-        # carry must have that dtype from the start.
-        x = jnp.asarray(x)
-        dtypes = {jnp.result_type(leaf) for leaf in jax.tree.leaves(params)}
-        if not jnp.issubdtype(x.dtype, jnp.floating) or dtypes <= {x.dtype}:
-            return x
-        out = jax.eval_shape(lambda p, h: self.layer.apply(p, h), _slice(params, 0), x)
-        return x.astype(out.dtype) if hasattr(out, "dtype") else x
 
     def trace(self, params, x, *, key=None, state=None, train=False):
         # The copies one by one, so every copy's values can be looked at;
@@ -246,11 +262,12 @@ class stack(Builtin):
         return x, steps, (_join(states) if inner is not None else state)
 
 
+# The policies that are policies themselves (not factories of one, such as
+# save_only_these_names): these a checkpoint can record by name.
 _POLICIES = {
     name: getattr(jax.checkpoint_policies, name)
-    for name in dir(jax.checkpoint_policies)
-    if not name.startswith("_") and name.endswith(("saveable", "save_anything_except_these_names"))
-    and callable(getattr(jax.checkpoint_policies, name))
+    for name in ("everything_saveable", "nothing_saveable", "dots_saveable",
+                 "dots_with_no_batch_dims_saveable")
 }
 
 

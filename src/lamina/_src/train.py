@@ -168,9 +168,9 @@ def _check_opt_state(optimizer: optax.GradientTransformation, params: Any, opt_s
     if problem is None and len(want) != len(got):
         counts = f"optimizer.init(params) has {len(want)} arrays, opt_state {len(got)}"
         if len(want) > len(got):
-            problem = f": {path_str(want[len(got)][0])!r} is missing ({counts})"
+            problem = f"at {path_str(want[len(got)][0])!r}: missing ({counts})"
         else:
-            problem = f": {path_str(got[len(want)][0])!r} is not expected ({counts})"
+            problem = f"at {path_str(got[len(want)][0])!r}: not expected ({counts})"
     if problem:
         raise layer_error(
             "train_step",
@@ -196,6 +196,8 @@ class _Step:
             raise donated_error("train_step", deleted) from error
 
     def __getattr__(self, name: str) -> Any:  # lower, trace, _cache_size, ...
+        if name == "_jitted":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self._jitted, name)
 
 
