@@ -23,6 +23,7 @@ from lamina._src.layer import (
     Builtin,
     Layer,
     TraceStep,
+    Wrapper,
     check_input_shape,
     check_layer_type,
     check_key,
@@ -230,7 +231,7 @@ class parallel(_Combinator):
 
 
 @frozen
-class residual(Builtin):
+class residual(Wrapper):
     """A skip connection: `x + layer(x)`; the layer must keep the input's shape.
 
     Args:
@@ -273,18 +274,6 @@ class residual(Builtin):
                 f"{shape} to {tuple(out_shape)}",
             )
         return shape, (p,)
-
-    @property
-    def stateful(self) -> bool:
-        return self.layer.stateful
-
-    @property
-    def stochastic(self) -> bool:
-        return self.layer.stochastic
-
-    @property
-    def batch_polymorphic(self) -> bool:
-        return self.layer.batch_polymorphic
 
     def init_state(self, input_shape):
         with child_context(self.child_segment(0), self.layer):

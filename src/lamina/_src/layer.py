@@ -292,6 +292,27 @@ class Builtin(Layer):
         return type(self).from_config({**self.config(), **changes})
 
 
+class Wrapper(Builtin):
+    """Base of a layer around one `layer` (residual, stack, remat): its kind of layer is the child's.
+
+    Subclasses declare the dataclass field `layer`.
+    """
+
+    layer: Layer
+
+    @property
+    def stateful(self) -> bool:
+        return self.layer.stateful
+
+    @property
+    def stochastic(self) -> bool:
+        return self.layer.stochastic
+
+    @property
+    def batch_polymorphic(self) -> bool:
+        return self.layer.batch_polymorphic
+
+
 def _same(value: Any, default: Any) -> bool:
     try:
         return bool(value == default) and type(value) is type(default) or (

@@ -19,11 +19,10 @@ from jax import lax
 
 from lamina._src.combinators import child_keys, serial
 from lamina._src.errors import child_context, layer_error
-from lamina._src.params import path_str
 from lamina._src.layer import (
-    Builtin,
     Layer,
     TraceStep,
+    Wrapper,
     abstract_init,
     check_input_shape,
     check_key,
@@ -35,6 +34,7 @@ from lamina._src.layer import (
     run,
     run_apply,
 )
+from lamina._src.params import path_str
 
 
 def _positive_int(where: str, arg: str, value: Any) -> int:
@@ -68,7 +68,7 @@ def _join(trees: list) -> Any:
 
 
 @frozen
-class stack(Builtin):
+class stack(Wrapper):
     """`n` copies of a layer applied one after another, compiled once (`lax.scan`).
 
     Equal to `lm.serial(layer, ..., layer)` with `n` copies, each with its own
@@ -115,18 +115,6 @@ class stack(Builtin):
     @functools.cached_property
     def name(self) -> str:
         return f"stack({self.layer.name}, {self.n})"
-
-    @property
-    def stateful(self) -> bool:
-        return self.layer.stateful
-
-    @property
-    def stochastic(self) -> bool:
-        return self.layer.stochastic
-
-    @property
-    def batch_polymorphic(self) -> bool:
-        return self.layer.batch_polymorphic
 
     def child_segment(self, i: int) -> str:
         return f"stack[{i}]"
@@ -272,7 +260,7 @@ _POLICIES = {
 
 
 @frozen
-class remat(Builtin):
+class remat(Wrapper):
     """A layer whose activations are recomputed in the backward pass (`jax.checkpoint`).
 
     Same outputs and gradients as `layer`, less memory held between the
@@ -322,14 +310,6 @@ class remat(Builtin):
     @functools.cached_property
     def name(self) -> str:
         return f"remat({self.layer.name})"
-
-    @property
-    def stateful(self) -> bool:
-        return self.layer.stateful
-
-    @property
-    def batch_polymorphic(self) -> bool:
-        return self.layer.batch_polymorphic
 
     def child_segment(self, i: int) -> str:
         return ""  # the layer's params and paths are its own
