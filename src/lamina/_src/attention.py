@@ -29,20 +29,13 @@ from lamina._src.errors import layer_error
 from lamina._src.layer import (
     Builtin,
     Layer,
+    check_count,
     check_float_input,
     check_input_shape,
     check_key,
     frozen,
 )
 from lamina._src.normalization import LayerNorm
-
-
-def _check_count(owner: str, arg: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise layer_error(owner, f"{arg} must be an int, got {type(value).__name__} {value!r}",
-                          TypeError)
-    if value < 1:
-        raise layer_error(owner, f"{arg} must be >= 1, got {value}")
 
 
 def _check_flag(owner: str, arg: str, value: Any) -> bool:
@@ -118,7 +111,7 @@ class MultiHeadAttention(Builtin):
     use_bias: bool = True
 
     def __post_init__(self):
-        _check_count("MultiHeadAttention", "num_heads", self.num_heads)
+        check_count("MultiHeadAttention", "num_heads", self.num_heads)
         for flag in ("causal", "use_bias"):
             value = _check_flag("MultiHeadAttention", flag, getattr(self, flag))
             object.__setattr__(self, flag, value)
@@ -303,8 +296,8 @@ class TransformerEncoderLayer(Builtin):
 
     def __post_init__(self):
         owner = "TransformerEncoderLayer"
-        _check_count(owner, "num_heads", self.num_heads)
-        _check_count(owner, "ff_features", self.ff_features)
+        check_count(owner, "num_heads", self.num_heads)
+        check_count(owner, "ff_features", self.ff_features)
         if not isinstance(self.act, str) or self.act not in _ENCODER_ACTS:
             raise layer_error(
                 owner,

@@ -37,6 +37,7 @@ from lamina._src.layer import (
     Builtin,
     Shape,
     TraceStep,
+    check_count,
     check_float_input,
     check_input_shape,
     check_key,
@@ -142,16 +143,9 @@ class _Conv(Builtin):
     torch_names = {"W": "weight", "b": "bias"}  # torch.nn.ConvNd, ConvTransposeNd
 
     def _check_config(self, tuple_args: dict[str, Any]) -> None:
-        out = self.out_channels
-        kind = type(self).__name__
-        if isinstance(out, bool) or not isinstance(out, numbers.Integral):
-            raise layer_error(
-                kind, f"out_channels must be an int, got {type(out).__name__} {out!r}", TypeError
-            )
-        if out < 1:
-            raise layer_error(kind, f"out_channels must be >= 1, got {out}")
-        object.__setattr__(self, "out_channels", int(out))
-        where = f"{kind}({out})"
+        out = check_count(type(self).__name__, "out_channels", self.out_channels)
+        object.__setattr__(self, "out_channels", out)
+        where = f"{type(self).__name__}({out})"
         for arg, minimum in tuple_args.items():
             value = getattr(self, arg)
             if arg == "padding" and isinstance(value, str):
@@ -164,14 +158,8 @@ class _Conv(Builtin):
                 continue
             object.__setattr__(self, arg, int_or_tuple(where, arg, value, minimum))
         spatial_rank(where, **{arg: getattr(self, arg) for arg in tuple_args})
-        groups = self.groups
-        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
-            raise layer_error(
-                where, f"groups must be an int, got {type(groups).__name__} {groups!r}", TypeError
-            )
-        if groups < 1:
-            raise layer_error(where, f"groups must be >= 1, got {groups}")
-        object.__setattr__(self, "groups", int(groups))
+        groups = check_count(where, "groups", self.groups)
+        object.__setattr__(self, "groups", groups)
         if out % groups:
             raise layer_error(
                 where, f"out_channels={out} must be divisible by groups={groups}"

@@ -21,6 +21,7 @@ from lamina._src.layer import (
     Builtin,
     TraceStep,
     as_dtype,
+    check_count,
     check_float_input,
     check_input_shape,
     check_key,
@@ -189,15 +190,8 @@ class Dense(Builtin):
     torch_names = {"W": "weight", "b": "bias"}  # torch.nn.Linear
 
     def __post_init__(self):
-        out = self.out_features
-        if isinstance(out, bool) or not isinstance(out, int):
-            raise layer_error(
-                "Dense",
-                f"out_features must be an int, got {type(out).__name__} {out!r}",
-                TypeError,
-            )
-        if out < 1:
-            raise layer_error("Dense", f"out_features must be >= 1, got {out}")
+        out = check_count("Dense", "out_features", self.out_features)
+        object.__setattr__(self, "out_features", out)
         where = f"Dense({out})"
         object.__setattr__(self, "act", canonical_activation(self.act, where))
         for arg in ("w_init", "b_init"):

@@ -14,16 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lamina._src.errors import layer_error
-from lamina._src.layer import Builtin, check_input_shape, check_key, frozen
-
-
-def _check_size(arg: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise layer_error(
-            "Embedding", f"{arg} must be an int, got {type(value).__name__} {value!r}", TypeError
-        )
-    if value < 1:
-        raise layer_error("Embedding", f"{arg} must be >= 1, got {value}")
+from lamina._src.layer import Builtin, check_count, check_input_shape, check_key, frozen
 
 
 @frozen
@@ -79,8 +70,8 @@ class Embedding(Builtin):
     torch_names = {"W": "weight"}  # torch.nn.Embedding
 
     def __post_init__(self):
-        _check_size("num_embeddings", self.num_embeddings)
-        _check_size("features", self.features)
+        check_count("Embedding", "num_embeddings", self.num_embeddings)
+        check_count("Embedding", "features", self.features)
 
     @property
     def name(self) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import reprlib
 from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
@@ -492,6 +493,18 @@ def check_input_shape(name: str, input_shape: Any, min_rank: int = 0) -> Shape:
             f"got {shape}",
         )
     return shape
+
+
+def check_count(where: str, arg: str, value: Any, meaning: str = "") -> int:
+    """`value` as an int >= 1 (a size, a count), or an error naming the layer and `arg`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise layer_error(
+            where, f"{arg} must be an int{meaning}, got {type(value).__name__} {value!r}",
+            TypeError,
+        )
+    if value < 1:
+        raise layer_error(where, f"{arg} must be >= 1, got {value}")
+    return int(value)
 
 
 def check_key(name: str, key: Any, *, optional: bool = False) -> None:

@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 
 from lamina._src.errors import layer_error
-from lamina._src.layer import Builtin, check_float_input, check_input_shape, frozen, size
+from lamina._src.layer import (
+    Builtin,
+    check_count,
+    check_float_input,
+    check_input_shape,
+    frozen,
+    size,
+)
 
 
 def _check_eps(owner: str, eps: Any) -> float:
@@ -147,14 +154,7 @@ class GroupNorm(Builtin):
     torch_names = {"scale": "weight", "offset": "bias"}  # torch.nn.GroupNorm
 
     def __post_init__(self):
-        groups = self.groups
-        if isinstance(groups, bool) or not isinstance(groups, int):
-            raise layer_error(
-                "GroupNorm", f"groups must be an int, got {type(groups).__name__} {groups!r}",
-                TypeError,
-            )
-        if groups < 1:
-            raise layer_error("GroupNorm", f"groups must be >= 1, got {groups}")
+        object.__setattr__(self, "groups", check_count("GroupNorm", "groups", self.groups))
         object.__setattr__(self, "eps", _check_eps("GroupNorm", self.eps))
 
     @property

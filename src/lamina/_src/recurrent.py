@@ -29,6 +29,7 @@ from lamina._src.dense import BATCH_HINT
 from lamina._src.errors import layer_error
 from lamina._src.layer import (
     Builtin,
+    check_count,
     check_float_input,
     check_input_shape,
     check_key,
@@ -65,16 +66,9 @@ class _Recurrent(Builtin):
     }
 
     def __post_init__(self):
-        kind, hidden = type(self).__name__, self.hidden
-        if isinstance(hidden, bool) or not isinstance(hidden, int):
-            raise layer_error(
-                kind,
-                f"hidden must be an int (the size of the hidden state), got "
-                f"{type(hidden).__name__} {hidden!r}",
-                TypeError,
-            )
-        if hidden < 1:
-            raise layer_error(kind, f"hidden must be >= 1, got {hidden}")
+        hidden = check_count(type(self).__name__, "hidden", self.hidden,
+                             " (the size of the hidden state)")
+        object.__setattr__(self, "hidden", hidden)
 
     @property
     def name(self) -> str:

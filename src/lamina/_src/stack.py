@@ -24,6 +24,7 @@ from lamina._src.layer import (
     TraceStep,
     Wrapper,
     abstract_init,
+    check_count,
     check_input_shape,
     check_key,
     check_layer_type,
@@ -35,16 +36,6 @@ from lamina._src.layer import (
     run_apply,
 )
 from lamina._src.params import path_str
-
-
-def _positive_int(where: str, arg: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise layer_error(
-            where, f"{arg} must be an int, got {type(value).__name__} {value!r}", TypeError
-        )
-    if value < 1:
-        raise layer_error(where, f"{arg} must be >= 1, got {value}")
-    return value
 
 
 def _slice(tree: Any, i: int) -> Any:
@@ -109,8 +100,8 @@ class stack(Wrapper):
 
     def __post_init__(self):
         check_layer_type("stack", self.layer, "layer must be a lamina Layer")
-        _positive_int("stack", "n", self.n)
-        _positive_int("stack", "unroll", self.unroll)
+        object.__setattr__(self, "n", check_count("stack", "n", self.n))
+        object.__setattr__(self, "unroll", check_count("stack", "unroll", self.unroll))
 
     @functools.cached_property
     def name(self) -> str:
