@@ -83,8 +83,8 @@ class ChannelsLastConv(lm.Conv):
     """
 
     def _forward(self, params, x):
-        from lamina._src.activations import activation_fn
-        from lamina._src.conv import per_axis
+        from lamina._src.layers.activations import activation_fn
+        from lamina._src.layers.conv import per_axis
 
         x, W, b = self._checked(params, x)
         n = x.ndim - 1
@@ -101,7 +101,7 @@ class ChannelsLastConv(lm.Conv):
         return self._forward(params, x)[1]
 
     def trace(self, params, x, *, key=None):
-        from lamina._src.activations import resolve_activation
+        from lamina._src.layers.activations import resolve_activation
 
         z, y = self._forward(params, x)
         act = resolve_activation(self.act)[1]

@@ -33,7 +33,7 @@ import impls  # noqa: E402
 from bench import SHAPES  # noqa: E402
 
 import lamina as lm  # noqa: E402
-from lamina._src.forward import apply_batch  # noqa: E402
+from lamina._src.core.forward import apply_batch  # noqa: E402
 
 xent = optax.softmax_cross_entropy_with_integer_labels
 

@@ -20,7 +20,7 @@ def allow_rank_promotion():
 @pytest.fixture
 def x64():
     """Float64 inside the test: finite differences need it to be exact enough."""
-    from lamina._src.testing import enable_x64  # here: lamina.testing loads lazily
+    from lamina._src.testing.check import enable_x64  # here: lamina.testing loads lazily
 
     with enable_x64(True):
         yield

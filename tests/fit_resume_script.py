@@ -18,7 +18,7 @@ def main(checkpoint_dir, out):
     import optax
 
     import lamina as lm
-    from lamina._src import resume
+    from lamina._src.train import resume
 
     restore = resume.Checkpoints.resume
 

@@ -8,7 +8,7 @@ import pytest
 from math import erf
 
 import lamina as lm
-from lamina._src.activations import resolve_activation
+from lamina._src.layers.activations import resolve_activation
 
 x = np.linspace(-3, 3, 13).astype(np.float32)
 

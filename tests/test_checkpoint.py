@@ -151,7 +151,7 @@ def test_unsupported_trees_are_refused(tmp_path, tree, cls, pattern):
 
 
 def test_params_like_reads_a_model_pair_and_passes_a_tree(key):
-    from lamina._src.params import params_like
+    from lamina._src.core.params import params_like
 
     model = lm.serial(lm.Dense(8, act="relu"), lm.LayerNorm(), lm.Dense(3, use_bias=False))
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)

@@ -114,7 +114,7 @@ def test_exempt_names_are_documented():
         obj = resolve(name)
         own = inspect.isroutine(obj) or (inspect.isclass(obj) and obj.__module__.startswith("lamina"))
         assert not own, f"{name} is lamina's own function or class: it can carry an example"
-    source = "".join(p.read_text() for p in (ROOT / "src" / "lamina" / "_src").glob("*.py"))
+    source = "".join(p.read_text() for p in (ROOT / "src" / "lamina" / "_src").rglob("*.py"))
     for alias, anchor in [("ACTIVATIONS", '"""Activation names'), ("Shape", '"""The shape of ONE'),
                           ("Params", '"""A params pytree'), ("PROPERTIES", '"""The properties')]:
         assert anchor in source, f"{alias} lost its attribute docstring"

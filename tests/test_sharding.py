@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from lamina import shard_batch, shard_params
-from lamina._src.sharding import megatron_rules
+from lamina._src.train.sharding import megatron_rules
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -19,7 +19,7 @@ from jax.test_util import check_grads
 
 import lamina as lm
 from lamina import testing
-from lamina._src.testing import enable_x64
+from lamina._src.testing.check import enable_x64
 
 ALL_LAYERS = [
     (lm.Dense(3), (4,)),

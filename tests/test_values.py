@@ -188,8 +188,8 @@ def test_import_lamina_loads_neither_chex_nor_jax_test_util():
 
 def test_public_modules_are_not_shadowed_by_functions():
     # lm.summary and friends are the functions; the code lives in lamina._src.
-    import lamina._src.summary
+    import lamina._src.inspection.summary
 
     for name in ("dense", "forward", "summary", "visualize", "export"):
         assert callable(getattr(lm, name)) and not hasattr(getattr(lm, name), "__path__")
-    assert lamina._src.summary.summary is lm.summary
+    assert lamina._src.inspection.summary.summary is lm.summary

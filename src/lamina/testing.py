@@ -1,6 +1,6 @@
 """Conformance checks for layers: `check_layer` and `parametrize`."""
 
-from lamina._src.testing import (  # noqa: F401
+from lamina._src.testing.check import (  # noqa: F401
     PROPERTIES,
     LayerCheckError,
     check_layer,

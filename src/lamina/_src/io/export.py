@@ -1,0 +1,176 @@
+"""Export: the batched forward as a StableHLO artifact that needs only jax to run.
+
+`export` lowers `jax.jit(vmap(model.apply))` with `jax.export`, weights
+included as constants, and serializes it to bytes; `load_exported` turns the
+bytes back into a function of the inputs alone. The server needs neither the
+model's code nor lamina.
+
+The weights inside the artifact make it self-contained, at a price: its size
+is about the params' bytes (`lamina.summary.summary(...).param_bytes`) plus a
+few kilobytes of program, and every artifact carries its own copy, so two
+exports of one model store the weights twice, and new weights need a new
+export. That suits small and medium models; for large ones keep the weights
+in a checkpoint and export a function of `(params, xs)` with `jax.export`
+directly.
+
+Artifacts follow `jax.export`'s compatibility rules: load them with the same
+or a newer jax (within its backward-compatibility window), on a platform
+they were exported for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.export  # noqa: F401 - jax < 0.7 does not load it with `import jax`
+import jax.numpy as jnp
+import numpy as np
+
+from lamina._src.core.forward import apply_batch, apply_batch_state
+from lamina._src.core.layer import (
+    Layer,
+    Params,
+    Shape,
+    check_input_shape,
+    check_layer_type,
+    layer_error,
+    missing_state,
+)
+from lamina._src.core.params import check_params
+
+
+def export(
+    model: Layer,
+    params: Params,
+    input_shape: Shape,
+    *,
+    batch: Union[str, int] = "dynamic",
+    dtype: jnp.dtype = jnp.float32,
+    platforms: Optional[Sequence[str]] = None,
+    state: Any = None,
+) -> bytes:
+    """Serializes the jitted, batched forward with its weights, as StableHLO bytes.
+
+    Args:
+      model: a `Layer`.
+      params: its params, baked into the artifact as constants.
+      input_shape: the shape of one example, e.g. `(784,)`.
+      batch: `"dynamic"` for any batch size (a symbolic batch dimension), or
+        an int for exactly that batch size.
+      dtype: the inputs' dtype.
+      platforms: where the artifact may run, e.g. `("cpu", "cuda")`; the
+        default is the platform jax runs on now.
+      state: the model's state, for a model with state (e.g. trained
+        `lm.BatchNorm` running statistics): baked in like the params, and
+        the artifact serves inference with it.
+
+    Returns:
+      The serialized `jax.export.Exported`; `load_exported(data)` runs it.
+
+    Raises:
+      ValueError: `params` do not fit the model, or `batch` is not
+        `"dynamic"` or an int >= 1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.mlp([8, 2])
+      >>> _, params = model.init(jax.random.key(0), (4,))
+      >>> fn = lm.load_exported(lm.export(model, params, (4,)))
+      >>> fn(jnp.ones((3, 4))).shape, fn(jnp.ones((5, 4))).shape
+      ((3, 2), (5, 2))
+    """
+    check_layer_type("export", model)
+    shape = check_input_shape("export", input_shape)
+    if batch == "dynamic":
+        (batch_dim,) = jax.export.symbolic_shape("b")
+    elif isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1:
+        batch_dim = batch
+    else:
+        raise layer_error("export", f'batch must be "dynamic" or an int >= 1, got {batch!r}')
+    check_params(model, params, shape)
+    if state is None and model.stateful:
+        raise missing_state(model)
+    # Closing over params (and state) makes them constants of the program:
+    # the artifact is a function of the inputs alone.
+    if state is None:
+        fwd = jax.jit(lambda xs: apply_batch(model, params, xs))
+    else:
+        fwd = jax.jit(lambda xs: apply_batch_state(model, params, xs, None, state, False)[0])
+    exported = jax.export.export(fwd, platforms=platforms)(
+        jax.ShapeDtypeStruct((batch_dim, *shape), dtype)
+    )
+    return bytes(exported.serialize())
+
+
+def load_exported(data: Union[bytes, bytearray]) -> Callable[[jax.typing.ArrayLike], jax.Array]:
+    """Turns `export`'s bytes back into `fn(xs)`; needs only jax.
+
+    Args:
+      data: the bytes `export` returned (e.g. read from a file).
+
+    Returns:
+      A jitted `fn(xs)` taking a batch, shape `(N, *input_shape)`, and
+      returning the model's outputs for it. Its `exported` attribute is the
+      `jax.export.Exported`.
+
+    Raises:
+      TypeError: `data` is not bytes; when `fn` is called, inputs that are
+        not floating point.
+      ValueError: `data` is not an exported artifact; when `fn` is called,
+        inputs of the wrong shape (names expected and got).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.Dense(2)
+      >>> params = {"W": jnp.eye(2), "b": jnp.ones(2)}
+      >>> lm.load_exported(lm.export(model, params, (2,)))(jnp.array([[1.0, 2.0]]))
+      Array([[2., 3.]], dtype=float32)
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise layer_error(
+            "load_exported", f"expected the bytes export() returned, got {type(data).__name__}",
+            TypeError,
+        )
+    try:
+        exported = jax.export.deserialize(bytearray(data))
+    except Exception as error:  # noqa: BLE001 - flatbuffers raises many kinds
+        raise layer_error(
+            "load_exported",
+            f"not a jax.export artifact ({len(data)} bytes; {type(error).__name__}: {error})",
+        ) from None
+    if len(exported.in_avals) != 1 or len(exported.in_avals[0].shape) < 1:
+        raise layer_error(
+            "load_exported",
+            f"expected an artifact of one batched input, got inputs {exported.in_avals}",
+        )
+    aval = exported.in_avals[0]
+    # Symbolic dimensions are not ints: the batch axis when it is dynamic.
+    fixed_batch = aval.shape[0] if isinstance(aval.shape[0], int) else None
+    features = tuple(aval.shape[1:])
+    call = jax.jit(exported.call)
+    expected = str((fixed_batch or "N", *features)).replace("'", "")
+
+    def fn(xs: jax.typing.ArrayLike) -> jax.Array:
+        shape = tuple(np.shape(xs))
+        if len(shape) != 1 + len(features) or shape[1:] != features or (
+            fixed_batch is not None and shape[0] != fixed_batch
+        ):
+            raise layer_error(
+                "exported forward",
+                f"expected xs of shape {expected} ({aval.dtype}), got shape {shape}",
+            )
+        xs = jnp.asarray(xs)
+        if xs.dtype != aval.dtype:
+            floating = jnp.issubdtype(xs.dtype, jnp.floating)
+            if not (floating and jnp.issubdtype(aval.dtype, jnp.floating)):
+                raise layer_error(
+                    "exported forward",
+                    f"expected xs of dtype {aval.dtype}, got {xs.dtype}",
+                    TypeError,
+                )
+            xs = xs.astype(aval.dtype)
+        return call(xs)
+
+    fn.exported = exported
+    return fn

@@ -1,0 +1,412 @@
+"""Combinators: layers built from layers.
+
+Forward propagation through a network is function composition: `serial(f, g)`
+applies `f`, then `g`. A combinator's params are a tuple of its children's
+params, in order, so `params[2]["W"]` is the weight matrix of the third layer
+of a `serial`. Shapes flow through `init`, so a model never states its input
+size twice. Combinators keep their children (`.layers`, `.layer`), so a model
+can be taken apart and rebuilt.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from lamina._src.layers.activations import ActivationLike
+from lamina._src.layers.dense import Dense
+from lamina._src.core.errors import child_context, layer_error
+from lamina._src.core.layer import (
+    Builtin,
+    Layer,
+    TraceStep,
+    Wrapper,
+    check_input_shape,
+    check_layer_type,
+    check_key,
+    frozen,
+    missing_state,
+    nest,
+    output_shape,
+    run,
+    run_apply,
+    size,
+)
+
+
+def _check_layers(where: str, layers: Sequence[Any]) -> tuple[Layer, ...]:
+    if not layers:
+        raise layer_error(where, "needs at least one layer, got none")
+    for i, layer in enumerate(layers):
+        check_layer_type(where, layer, f"argument {i} must be a lamina Layer")
+    return tuple(layers)
+
+
+def _check_child_params(where: str, params: Any, n: int, what: str = "params") -> None:
+    if not isinstance(params, (tuple, list)) or len(params) != n:
+        got = (
+            f"a {type(params).__name__} of length {len(params)}"
+            if isinstance(params, (tuple, list))
+            else type(params).__name__
+        )
+        raise layer_error(
+            where,
+            f"expected {what} as a tuple of {n} entries (one per layer), got {got}",
+        )
+
+
+def child_keys(where: str, key: Any, layers: Sequence[Layer]) -> list[Any]:
+    """One key per child: `split(key, n)[i]` for a child that uses keys, else `None`.
+
+    The same key always gives the same dropout masks; a model without
+    stochastic layers derives no keys at all (no split is traced).
+    """
+    check_key(where, key, optional=True)
+    if key is None or not any(layer.stochastic for layer in layers):
+        return [None] * len(layers)
+    keys = jax.random.split(key, len(layers))
+    return [k if layer.stochastic else None for k, layer in zip(keys, layers)]
+
+
+@frozen(init=False)
+class _Combinator(Builtin):
+    """A layer over a tuple of layers, with `apply` its trace minus the steps."""
+
+    layers: tuple[Layer, ...]
+
+    def __init__(self, *layers: Layer):
+        object.__setattr__(self, "layers", _check_layers(type(self).__name__, layers))
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(*config["layers"])
+
+    @functools.cached_property
+    def name(self) -> str:  # cached: a deep model's name is long, and errors ask for it
+        return f"{type(self).__name__}({', '.join(layer.name for layer in self.layers)})"
+
+    @functools.cached_property
+    def stateful(self) -> bool:
+        return any(layer.stateful for layer in self.layers)
+
+    @functools.cached_property
+    def stochastic(self) -> bool:
+        return any(layer.stochastic for layer in self.layers)
+
+    @functools.cached_property
+    def batch_polymorphic(self) -> bool:
+        return all(layer.batch_polymorphic for layer in self.layers)
+
+    def apply(self, params, x, *, key=None, state=None, train=False):
+        # The same loop as trace, through each child's apply.
+        out = self._forward(params, x, key, state, train, run_apply)
+        return out[0] if state is None else (out[0], out[2])
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
+        return self._forward(params, x, key, state, train, run)
+
+    def _states(self, state):
+        """One state per child (`None` each when no state is threaded)."""
+        if state is None:
+            if self.stateful:
+                raise missing_state(self)
+            return [None] * len(self.layers)
+        _check_child_params(self.name, state, len(self.layers), "state")
+        return list(state)
+
+    @staticmethod
+    def _done(y, steps, states, state):
+        return (y, steps) if state is None else (y, steps, tuple(states))
+
+
+@frozen(init=False)
+class serial(_Combinator):
+    """Composes layers: the output of each is the input of the next.
+
+    Args:
+      *layers: the layers, first to last; `.layers` holds them.
+
+    A `Layer` whose params are a tuple with one entry per layer.
+
+    Example:
+      >>> import jax, lamina as lm
+      >>> model = lm.serial(lm.Dense(8, act="relu"), lm.Dense(2))
+      >>> out_shape, params = model.init(jax.random.key(0), (4,))
+      >>> out_shape, len(params), model.layers[1]
+      ((2,), 2, Dense(2))
+    """
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
+        shape = input_shape
+        params = []
+        for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, len(self.layers)))):
+            with child_context(self.child_segment(i), layer):
+                shape, p = layer.init(k, shape)
+            params.append(p)
+        return shape, tuple(params)
+
+    def init_state(self, input_shape):
+        shape, states = input_shape, []
+        for i, layer in enumerate(self.layers):
+            with child_context(self.child_segment(i), layer):
+                states.append(layer.init_state(shape) if layer.stateful else ())
+                if i + 1 < len(self.layers):
+                    shape = output_shape(layer, shape)
+        return tuple(states)
+
+    def _forward(self, params, x, key, state, train, run):
+        _check_child_params(self.name, params, len(self.layers))
+        states = self._states(state)
+        steps: list[TraceStep] = []
+        feed = -1
+        keys = child_keys(self.name, key, self.layers)
+        for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
+            with child_context(self.child_segment(i), layer):
+                x, child_steps, states[i] = run(layer, p, x, k, states[i], train)
+            steps += nest(child_steps, self.child_segment(i), i, len(steps), feed)
+            feed = len(steps) - 1 if steps else feed
+        return self._done(x, steps, states, state)
+
+
+@frozen(init=False)
+class parallel(_Combinator):
+    """Feeds the same input to every layer; the output is a tuple of their outputs.
+
+    Follow it with `lm.Concat()` to join the branches into one array.
+
+    Args:
+      *layers: the branches; `.layers` holds them.
+
+    A `Layer` whose output shape is a tuple of the branches' output shapes
+    and whose params are a tuple with one entry per branch.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.parallel(lm.Dense(3), lm.Identity())
+      >>> out_shape, params = model.init(jax.random.key(0), (4,))
+      >>> out_shape
+      ((3,), (4,))
+      >>> [y.shape for y in model.apply(params, jnp.ones(4))]
+      [(3,), (4,)]
+    """
+
+    kind = "parallel"
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
+        shapes, params = [], []
+        for i, (layer, k) in enumerate(zip(self.layers, jax.random.split(key, len(self.layers)))):
+            with child_context(self.child_segment(i), layer):
+                shape, p = layer.init(k, input_shape)
+            shapes.append(shape)
+            params.append(p)
+        return tuple(shapes), tuple(params)
+
+    def init_state(self, input_shape):
+        states = []
+        for i, layer in enumerate(self.layers):
+            with child_context(self.child_segment(i), layer):
+                states.append(layer.init_state(input_shape) if layer.stateful else ())
+        return tuple(states)
+
+    def _forward(self, params, x, key, state, train, run):
+        _check_child_params(self.name, params, len(self.layers))
+        states = self._states(state)
+        outs, steps, ends = [], [], []
+        keys = child_keys(self.name, key, self.layers)
+        for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
+            with child_context(self.child_segment(i), layer):
+                y, child_steps, states[i] = run(layer, p, x, k, states[i], train)
+            outs.append(y)
+            steps += nest(child_steps, self.child_segment(i), i, len(steps), -1)
+            ends.append(len(steps) - 1)
+        y = tuple(outs)
+        # Its own step shows the tuple it made, so no value is hidden.
+        steps.append(TraceStep("", (), self.name, x, params, None, y, self, None, tuple(ends)))
+        return self._done(y, steps, states, state)
+
+
+@frozen
+class residual(Wrapper):
+    """A skip connection: `x + layer(x)`; the layer must keep the input's shape.
+
+    Args:
+      layer: the wrapped layer (often a `serial` block); `.layer` holds it.
+
+    A `Layer` whose params are a one-entry tuple `(layer_params,)`.
+
+    Raises:
+      ValueError: at init, when `layer` changes the shape of its input.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> block = lm.residual(lm.Dense(4, act="tanh"))
+      >>> _, params = block.init(jax.random.key(0), (4,))
+      >>> x = jnp.ones(4)
+      >>> bool(jnp.allclose(block.apply(params, x), x + block.layer.apply(params[0], x)))
+      True
+    """
+
+    layer: Layer
+
+    kind = "residual"
+
+    def __post_init__(self):
+        _check_layers("residual", (self.layer,))
+
+    @functools.cached_property
+    def name(self) -> str:
+        return f"residual({self.layer.name})"
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
+        shape = check_input_shape(self.name, input_shape)
+        with child_context(self.child_segment(0), self.layer):
+            out_shape, p = self.layer.init(key, shape)
+        if tuple(out_shape) != shape:
+            raise layer_error(
+                self.name,
+                f"x + f(x) needs f to keep the shape, but the wrapped layer maps "
+                f"{shape} to {tuple(out_shape)}",
+            )
+        return shape, (p,)
+
+    def init_state(self, input_shape):
+        with child_context(self.child_segment(0), self.layer):
+            return (self.layer.init_state(input_shape),)
+
+    def apply(self, params, x, *, key=None, state=None, train=False):
+        out = self._forward(params, x, key, state, train, run_apply)
+        return out[0] if state is None else (out[0], out[2])
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
+        return self._forward(params, x, key, state, train, run)
+
+    def _forward(self, params, x, key, state, train, run):
+        _check_child_params(self.name, params, 1)
+        check_key(self.name, key, optional=True)
+        if state is None and self.stateful:
+            raise missing_state(self)
+        if state is not None:
+            _check_child_params(self.name, state, 1, "state")
+        with child_context(self.child_segment(0), self.layer):
+            fx, child_steps, inner = run(self.layer, params[0], x, key,
+                                         None if state is None else state[0], train)
+        y = x + fx
+        steps = nest(child_steps, self.child_segment(0), 0, 0, -1)
+        steps.append(TraceStep("", (), self.name, x, params, None, y, self, None,
+                               (-1, len(steps) - 1)))
+        return (y, steps) if state is None else (y, steps, (inner,))
+
+    def flops(self, step):
+        return size(step.output.shape)  # the sum
+
+
+def mlp(
+    features: Sequence[int],
+    act: ActivationLike = "relu",
+    final_act: ActivationLike = None,
+) -> serial:
+    """A multi-layer perceptron: `Dense` layers with `act` between them.
+
+    Args:
+      features: output sizes of the layers, e.g. `[256, 256, 10]`; the last is
+        the output layer, the others hidden layers.
+      act: activation of the hidden layers.
+      final_act: activation of the output layer (`None` leaves logits).
+
+    Returns:
+      `lm.serial(Dense(f0, act), ..., Dense(f_last, final_act))`.
+
+    Example:
+      >>> import lamina as lm
+      >>> lm.mlp([16, 3])
+      serial(Dense(16, act='relu'), Dense(3))
+      >>> lm.mlp([16, 3]) == lm.mlp([16, 3])
+      True
+    """
+    if isinstance(features, (int, str)) or not hasattr(features, "__iter__"):
+        raise layer_error(
+            "mlp",
+            f"features must be a list of layer sizes such as [256, 10], got "
+            f"{type(features).__name__} {features!r}",
+            TypeError,
+        )
+    features = list(features)
+    if not features:
+        raise layer_error("mlp", "features must name at least one layer size, got []")
+    *hidden, last = features
+    return serial(*(Dense(f, act) for f in hidden), Dense(last, final_act))
+
+
+@frozen
+class Concat(Builtin):
+    """Joins a tuple of arrays (e.g. the output of `lm.parallel`) along `axis`.
+
+    Args:
+      axis: the axis of one example to join along; negative counts from the end.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> model = lm.serial(lm.parallel(lm.Dense(3), lm.Dense(2)), lm.Concat())
+      >>> out_shape, params = model.init(jax.random.key(0), (4,))
+      >>> out_shape, model.apply(params, jnp.ones(4)).shape
+      ((5,), (5,))
+    """
+
+    axis: int = -1
+
+    def __post_init__(self):
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise layer_error(
+                "Concat", f"axis must be an int, got {type(self.axis).__name__} {self.axis!r}",
+                TypeError,
+            )
+
+    @property
+    def name(self) -> str:
+        return f"Concat(axis={self.axis})"
+
+    def init(self, key, input_shape):
+        if not isinstance(input_shape, tuple) or not all(
+            isinstance(s, tuple) for s in input_shape
+        ):
+            raise layer_error(
+                self.name,
+                f"expects a tuple of inputs (e.g. from lm.parallel), got input "
+                f"shape {input_shape!r}",
+            )
+        shapes = [check_input_shape(self.name, s, min_rank=1) for s in input_shape]
+        _check_joinable(self.name, shapes, self.axis)
+        ax = self.axis % len(shapes[0])
+        out = list(shapes[0])
+        out[ax] = sum(s[ax] for s in shapes)
+        return tuple(out), ()
+
+    def apply(self, params, xs, *, key=None):
+        if not isinstance(xs, (tuple, list)):
+            raise layer_error(
+                self.name, f"expects a tuple of arrays, got {type(xs).__name__}", TypeError
+            )
+        # The same check as init, at trace time: jnp.concatenate's own message
+        # does not say which layer.
+        _check_joinable(self.name, [jnp.shape(x) for x in xs], self.axis)
+        return jnp.concatenate(xs, axis=self.axis)
+
+
+def _check_joinable(name: str, shapes: Sequence[tuple[int, ...]], axis: int) -> None:
+    rank = len(shapes[0]) if shapes else 0
+    if not -rank <= axis < rank or any(len(s) != rank for s in shapes):
+        raise layer_error(name, f"cannot join shapes {list(shapes)} along axis {axis}")
+    ax = axis % rank
+    rest = [s[:ax] + s[ax + 1 :] for s in shapes]
+    if any(r != rest[0] for r in rest):
+        raise layer_error(
+            name,
+            f"shapes {list(shapes)} differ outside axis {axis}, so they cannot be joined",
+        )
+

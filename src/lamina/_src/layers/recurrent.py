@@ -1,0 +1,281 @@
+"""Recurrent layers: LSTM and GRU over one sequence, as one layer of PyTorch's.
+
+A recurrent layer reads a sequence `x` of shape `(T, D)` one step at a time,
+carrying a hidden state `h` (and, for the LSTM, a cell state `c`) from step to
+step, and returns every step's `h`: shape `(T, hidden)`. The state starts at
+zero. Gates are computed from `x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh`, with
+the weights stacked gate by gate in PyTorch's order (LSTM: i, f, g, o; GRU:
+r, z, n), so `torch.nn.LSTM(D, hidden, batch_first=True)`'s `weight_ih_l0`,
+`weight_hh_l0`, `bias_ih_l0` and `bias_hh_l0` are lamina's `W_ih`, `W_hh`,
+`b_ih` and `b_hh` unchanged.
+
+The input projection does not depend on the state, so it is one matmul over
+all steps before the loop, where the hardware sees a `(T, D) x (D, gH)`
+product instead of T thin ones; only `h @ W_hh.T` stays inside. The loop is a
+`jax.lax.scan`, so the compiled program is the same size for any T.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lamina._src.layers import initializers
+from lamina._src.layers.dense import BATCH_HINT
+from lamina._src.core.errors import layer_error
+from lamina._src.core.layer import (
+    Builtin,
+    check_count,
+    check_float_input,
+    check_input_shape,
+    check_key,
+    frozen,
+)
+
+_KEYS = ("W_ih", "W_hh", "b_ih", "b_hh")
+
+
+def _times_transposed(x: jax.Array, W: jax.Array) -> jax.Array:
+    # `x @ W.T` contracting W's axis 1 directly: XLA:CPU would otherwise copy
+    # W into a transposed layout on every call (see dense.py). Contracting
+    # x's last axis keeps a vmapped state (B, H) a plain (B, H) x (H, gH).
+    return lax.dot_general(x, W, (((x.ndim - 1,), (1,)), ((), ())))
+
+
+def _plus(z: jax.Array, b: jax.Array) -> jax.Array:
+    return z + jnp.broadcast_to(b, z.shape)
+
+
+@frozen
+class _Recurrent(Builtin):
+    """What LSTM and GRU share: configuration, checks, init and FLOPs."""
+
+    hidden: int
+
+    _gates: ClassVar[int]
+    _gate_names: ClassVar[str]
+    torch_names = {  # one layer of torch.nn.LSTM / torch.nn.GRU
+        "W_ih": "weight_ih_l0",
+        "W_hh": "weight_hh_l0",
+        "b_ih": "bias_ih_l0",
+        "b_hh": "bias_hh_l0",
+    }
+
+    def __post_init__(self):
+        hidden = check_count(type(self).__name__, "hidden", self.hidden,
+                             " (the size of the hidden state)")
+        object.__setattr__(self, "hidden", hidden)
+
+    @property
+    def name(self) -> str:
+        return f"{type(self).__name__}({self.hidden})"
+
+    def _params_spec(self) -> str:
+        g = f"{self._gates}H"
+        return f"{{'W_ih': ({g}, D), 'W_hh': ({g}, H), 'b_ih': ({g},), 'b_hh': ({g},)}}"
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
+        shape = check_input_shape(self.name, input_shape)
+        if len(shape) != 2:
+            batch = f"\n{BATCH_HINT}" if len(shape) == 3 else ""
+            raise layer_error(
+                self.name,
+                f"expected input_shape (T, D): one sequence of T steps of D features, "
+                f"got {shape}{batch}",
+            )
+        steps, features = shape
+        gh = self._gates * self.hidden
+        # torch.nn.LSTM/GRU draw every weight and bias from U(-1/sqrt(H), 1/sqrt(H)).
+        init = initializers.uniform(1.0 / math.sqrt(self.hidden))
+        shapes = {"W_ih": (gh, features), "W_hh": (gh, self.hidden), "b_ih": (gh,), "b_hh": (gh,)}
+        keys = jax.random.split(key, len(_KEYS))
+        params = {k: init(k_, shapes[k], jnp.float32) for k, k_ in zip(_KEYS, keys)}
+        return (steps, self.hidden), params
+
+    def _check(self, params: Any, x: Any) -> tuple[jax.Array, ...]:
+        """`(x, W_ih, W_hh, b_ih, b_hh)` checked and in one dtype, or a clear error."""
+        x = check_float_input(self.name, x)
+        if x.ndim != 2:
+            hint = (
+                "; a single step is a sequence of length 1, x[None]" if x.ndim == 1 else ""
+            )
+            raise layer_error(
+                self.name,
+                f"expected one sequence of shape (T, D), got x with shape {x.shape}"
+                f"{hint}.\n{BATCH_HINT}",
+            )
+        if not isinstance(params, Mapping) or set(params) != set(_KEYS):
+            got = (
+                f"a dict with keys {sorted(params)}"
+                if isinstance(params, Mapping)
+                else type(params).__name__
+            )
+            raise layer_error(
+                self.name,
+                f"expected params {self._params_spec()}, got {got}",
+                ValueError if isinstance(params, Mapping) else TypeError,
+            )
+        gh, hidden = self._gates * self.hidden, self.hidden
+        shapes = {k: tuple(getattr(params[k], "shape", ())) for k in _KEYS}
+        # W_ih's rows are fixed by hidden; its columns say which D the weights
+        # were made for, unless W_ih is misshaped, when x's D is the best guess.
+        w_ih = shapes["W_ih"]
+        features = w_ih[1] if len(w_ih) == 2 and w_ih[0] == gh else x.shape[1]
+        want = {"W_ih": (gh, features), "W_hh": (gh, hidden), "b_ih": (gh,), "b_hh": (gh,)}
+        for k in _KEYS:
+            if shapes[k] != want[k]:
+                hint = (
+                    f" (transposed? lamina stores {k} as torch's {self.torch_names[k]}, "
+                    f"one row per gate unit; no .T is needed)"
+                    if len(want[k]) == 2 and shapes[k] == want[k][::-1]
+                    else ""
+                )
+                raise layer_error(
+                    self.name,
+                    f"expected {k} of shape {want[k]} ({self._gates} gates "
+                    f"{self._gate_names}, each of size hidden={hidden}), got "
+                    f"{shapes[k]}{hint}",
+                )
+        if x.shape[1] != features:
+            hint = " (time comes first: transpose x?)" if x.shape[0] == features else ""
+            raise layer_error(
+                self.name,
+                f"expected x of shape (T, {features}) (W_ih has shape {shapes['W_ih']}), "
+                f"got x with shape {x.shape}{hint}",
+            )
+        arrays = (x,) + tuple(jnp.asarray(params[k]) for k in _KEYS)
+        dtype = jnp.result_type(*arrays)
+        return tuple(a.astype(dtype) for a in arrays)
+
+    def flops(self, step):
+        # Per step: the input and recurrent weighted sums, a multiply-add per
+        # weight, and the two bias vectors. The element-wise gate math
+        # (sigmoids, tanh, products) is a few FLOPs per unit and not counted,
+        # as activations are not counted elsewhere.
+        steps, features = step.input.shape
+        gh = self._gates * self.hidden
+        return steps * (2 * features * gh + 2 * self.hidden * gh + 2 * gh)
+
+
+@frozen
+class LSTM(_Recurrent):
+    """A long short-term memory layer over one sequence, as one layer of `torch.nn.LSTM`.
+
+    For each step `t`, with `z = x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh` split
+    into four blocks of `hidden` in PyTorch's order:
+
+        i, f, g, o = sigmoid(z_i), sigmoid(z_f), tanh(z_g), sigmoid(z_o)
+        c = f * c + i * g
+        h = o * tanh(c)
+
+    `h` and `c` start at zero, and the output is every step's `h`.
+
+    Args:
+      hidden: size of the hidden state, >= 1.
+
+    `init(key, (T, D))` returns `((T, hidden), params)` with params
+    `{"W_ih": (4H, D), "W_hh": (4H, H), "b_ih": (4H,), "b_hh": (4H,)}`, each
+    drawn uniform in +-1/sqrt(hidden) as torch does; they are torch's
+    `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0` unchanged.
+    `apply(params, x)` takes one sequence `x` of shape `(T, D)`; batch it
+    with `jax.vmap` or `lm.forward`.
+
+    Raises:
+      TypeError: `hidden` is not an int.
+      ValueError: `hidden < 1`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> layer = lm.LSTM(8)
+      >>> out_shape, params = layer.init(jax.random.key(0), (5, 3))
+      >>> out_shape, params["W_ih"].shape, params["W_hh"].shape
+      ((5, 8), (32, 3), (32, 8))
+      >>> layer.apply(params, jnp.ones((5, 3))).shape
+      (5, 8)
+    """
+
+    _gates = 4
+    _gate_names = "i, f, g, o"
+
+    def apply(self, params, x, *, key=None):
+        x, W_ih, W_hh, b_ih, b_hh = self._check(params, x)
+        # Both biases add linearly to every gate, so they join the projection.
+        xz = _plus(_times_transposed(x, W_ih), b_ih + b_hh)
+
+        def step(carry, xz_t):
+            h, c = carry
+            i, f, g, o = jnp.split(xz_t + _times_transposed(h, W_hh), 4)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        zero = jnp.zeros((self.hidden,), xz.dtype)
+        _, hs = lax.scan(step, (zero, zero), xz)
+        return hs
+
+
+@frozen
+class GRU(_Recurrent):
+    """A gated recurrent unit layer over one sequence, as one layer of `torch.nn.GRU`.
+
+    For each step `t`, with the weights and biases split into three blocks of
+    `hidden` in PyTorch's order (r, z, n):
+
+        r = sigmoid(W_ir x_t + b_ir + W_hr h + b_hr)
+        z = sigmoid(W_iz x_t + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn))
+        h = (1 - z) * n + z * h
+
+    `h` starts at zero, and the output is every step's `h`.
+
+    Args:
+      hidden: size of the hidden state, >= 1.
+
+    `init(key, (T, D))` returns `((T, hidden), params)` with params
+    `{"W_ih": (3H, D), "W_hh": (3H, H), "b_ih": (3H,), "b_hh": (3H,)}`, each
+    drawn uniform in +-1/sqrt(hidden) as torch does; they are torch's
+    `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0` unchanged.
+    `apply(params, x)` takes one sequence `x` of shape `(T, D)`; batch it
+    with `jax.vmap` or `lm.forward`.
+
+    Raises:
+      TypeError: `hidden` is not an int.
+      ValueError: `hidden < 1`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> layer = lm.GRU(8)
+      >>> out_shape, params = layer.init(jax.random.key(0), (5, 3))
+      >>> out_shape, params["W_ih"].shape, params["W_hh"].shape
+      ((5, 8), (24, 3), (24, 8))
+      >>> layer.apply(params, jnp.ones((5, 3))).shape
+      (5, 8)
+    """
+
+    _gates = 3
+    _gate_names = "r, z, n"
+
+    def apply(self, params, x, *, key=None):
+        x, W_ih, W_hh, b_ih, b_hh = self._check(params, x)
+        H = self.hidden
+        # b_hr and b_hz add linearly, so they join the projection; b_hn sits
+        # inside r * (W_hn h + b_hn) and has to stay in the loop.
+        b_rz = jnp.concatenate([b_hh[: 2 * H], jnp.zeros((H,), b_hh.dtype)])
+        xz = _plus(_times_transposed(x, W_ih), b_ih + b_rz)
+        b_hn = b_hh[2 * H :]
+
+        def step(h, xz_t):
+            hz = _times_transposed(h, W_hh)
+            r = jax.nn.sigmoid(xz_t[:H] + hz[:H])
+            z = jax.nn.sigmoid(xz_t[H : 2 * H] + hz[H : 2 * H])
+            n = jnp.tanh(xz_t[2 * H :] + r * (hz[2 * H :] + b_hn))
+            h = (1 - z) * n + z * h
+            return h, h
+
+        _, hs = lax.scan(step, jnp.zeros((H,), xz.dtype), xz)
+        return hs

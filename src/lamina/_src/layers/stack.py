@@ -1,0 +1,396 @@
+"""Deep models: one block repeated `n` times (`stack`), and recomputation (`remat`).
+
+`stack(block, n)` is `serial(block, block, ...)` with the `n` blocks' params
+stacked on a leading axis and applied with `lax.scan`, so the block is traced
+and compiled once whatever `n` is. `remat(layer)` recomputes a layer's
+activations in the backward pass instead of keeping them (`jax.checkpoint`),
+trading compute for memory; `stack(remat(block), n)` combines the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lamina._src.layers.combinators import child_keys, serial
+from lamina._src.core.errors import child_context, layer_error
+from lamina._src.core.layer import (
+    Layer,
+    TraceStep,
+    Wrapper,
+    abstract_init,
+    check_count,
+    check_input_shape,
+    check_key,
+    check_layer_type,
+    children,
+    frozen,
+    missing_state,
+    nest,
+    run,
+    run_apply,
+)
+from lamina._src.core.params import path_str
+
+
+def _slice(tree: Any, i: int) -> Any:
+    """Entry `i` of every leaf's leading axis (shape structs lose the axis)."""
+    def take(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+        return leaf[i]
+
+    return jax.tree.map(take, tree)
+
+
+def _join(trees: list) -> Any:
+    """The inverse of `_slice`: the trees stacked on a new leading axis."""
+    def stack_leaves(*leaves):
+        if isinstance(leaves[0], jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct((len(leaves),) + leaves[0].shape, leaves[0].dtype)
+        return jnp.stack(leaves)
+
+    return jax.tree.map(stack_leaves, *trees)
+
+
+@frozen
+class stack(Wrapper):
+    """`n` copies of a layer applied one after another, compiled once (`lax.scan`).
+
+    Equal to `lm.serial(layer, ..., layer)` with `n` copies, each with its own
+    params, but the params are stacked: every leaf gains a leading axis of
+    size `n` (`params["W"].shape == (n, out, in)` for a `Dense`), and the
+    layer is traced once, so compile time does not grow with `n`. The copies
+    are initialised with `jax.random.split(key, n)`, exactly as `serial` of
+    the same layers would be; with a key, copy `i` gets `split(key, n)[i]`,
+    so dropout masks equal `serial`'s too. A layer with state (e.g.
+    `lm.BatchNorm`) gets its state stacked the same way.
+
+    Args:
+      layer: the repeated block; its output shape must equal its input shape.
+        `.layer` holds it.
+      n: the number of copies, >= 1.
+      unroll: how many copies `lax.scan` runs per loop iteration (a larger
+        value trades compile time for fewer loop steps).
+
+    Raises:
+      ValueError: at init, when `layer` changes the shape of its input (both
+        shapes are named); at apply, when the params' leading axis is not `n`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> block = lm.residual(lm.Dense(4, act="relu"))
+      >>> model = lm.stack(block, 8)
+      >>> out_shape, params = model.init(jax.random.key(0), (4,))
+      >>> out_shape, params[0]["W"].shape
+      ((4,), (8, 4, 4))
+      >>> model.apply(params, jnp.ones(4)).shape
+      (4,)
+    """
+
+    layer: Layer
+    n: int
+    _: dataclasses.KW_ONLY
+    unroll: int = 1
+
+    def __post_init__(self):
+        check_layer_type("stack", self.layer, "layer must be a lamina Layer")
+        object.__setattr__(self, "n", check_count("stack", "n", self.n))
+        object.__setattr__(self, "unroll", check_count("stack", "unroll", self.unroll))
+
+    @functools.cached_property
+    def name(self) -> str:
+        return f"stack({self.layer.name}, {self.n})"
+
+    def child_segment(self, i: int) -> str:
+        return f"stack[{i}]"
+
+    def init(self, key, input_shape):
+        check_key(self.name, key)
+        shape = check_input_shape(self.name, input_shape)
+        with child_context(self.child_segment(0), self.layer):
+            out_shape, _ = abstract_init(self.layer, shape, key)
+        if out_shape != shape:
+            raise layer_error(
+                self.name,
+                f"a stacked layer must keep the shape of its input, so its output can "
+                f"feed the next copy, but it maps {shape} to {out_shape}",
+            )
+        keys = jax.random.split(key, self.n)
+        # vmap over the keys: one trace of init for all copies, and the same
+        # values as n separate inits with those keys.
+        params = jax.vmap(lambda k: self.layer.init(k, shape)[1])(keys)
+        return shape, params
+
+    def init_state(self, input_shape):
+        if not self.layer.stateful:
+            return ()
+        with child_context(self.child_segment(0), self.layer):
+            one = self.layer.init_state(input_shape)
+        return _join([one] * self.n)
+
+    def unstack(self, params: Any) -> tuple:
+        """The params (or state) of each copy: `(params_0, ..., params_{n-1})`.
+
+        They are the params of `lm.serial(*[layer] * n)`.
+        """
+        self._check_stacked(params, "params")
+        return tuple(_slice(params, i) for i in range(self.n))
+
+    def restack(self, params: Any) -> Any:
+        """The inverse of `unstack`: `n` copies' params (a tuple) as this stack's params."""
+        if not isinstance(params, (tuple, list)) or len(params) != self.n:
+            raise layer_error(
+                self.name, f"expected a tuple of {self.n} copies' params, got "
+                f"{type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}"
+            )
+        return _join(list(params))
+
+    def _check_stacked(self, tree: Any, what: str) -> None:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            shape = jnp.shape(leaf)
+            if not shape or shape[0] != self.n:
+                where = repr(path_str(path)) if path else "(root)"
+                raise layer_error(
+                    self.name,
+                    f"expected {what} stacked for {self.n} copies (a leading axis of size "
+                    f"{self.n} on every array), got {where} with shape {tuple(shape)}; "
+                    f"make them with this stack's init, or restack per-copy params with "
+                    f".restack(...)",
+                )
+
+    def _state_in(self, state):
+        if state is None:
+            if self.stateful:
+                raise missing_state(self)
+            return None
+        if not self.layer.stateful:
+            return None
+        self._check_stacked(state, "state")
+        return state
+
+    def apply(self, params, x, *, key=None, state=None, train=False):
+        self._check_stacked(params, "params")
+        inner = self._state_in(state)
+        keys = child_keys(self.name, key, [self.layer])[0]
+        keys = None if keys is None else jax.random.split(key, self.n)
+        layer = self.layer
+
+        def body(h, per_copy):
+            p, k, s = per_copy
+            with child_context(self.child_segment(0), layer):
+                if s is None:
+                    return layer.apply(p, h, key=k), None
+                return layer.apply(p, h, key=k, state=s, train=train)
+
+        def scan(h):
+            return lax.scan(body, h, (params, keys, inner), length=self.n, unroll=self.unroll)
+
+        x = jnp.asarray(x)
+        try:
+            y, new = scan(x)
+        except TypeError as error:
+            if "carry" not in str(error):
+                raise
+            # The block changes the dtype (bfloat16 inputs to float32 params,
+            # a Dense with dtype=): serial's copies would run from the first
+            # copy's output dtype on, so the carry starts in it.
+            first = jax.eval_shape(
+                lambda p, h, k, s: run_apply(layer, p, h, k, s, train)[0], _slice(params, 0), x,
+                None if keys is None else keys[0], None if inner is None else _slice(inner, 0))
+            if first.dtype == x.dtype:
+                raise
+            try:
+                y, new = scan(x.astype(first.dtype))
+            except TypeError:
+                raise layer_error(
+                    self.name,
+                    f"a stacked layer must keep the dtype of its input after the first copy, "
+                    f"so its output can feed the next; it maps {x.dtype} to {first.dtype} and "
+                    f"{first.dtype} to another dtype",
+                    TypeError,
+                ) from error
+        if state is None:
+            return y
+        return y, (new if inner is not None else state)
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
+        # The copies one by one, so every copy's values can be looked at;
+        # `apply` (what jit compiles) scans.
+        self._check_stacked(params, "params")
+        inner = self._state_in(state)
+        keys = [None] * self.n
+        if child_keys(self.name, key, [self.layer])[0] is not None:
+            keys = list(jax.random.split(key, self.n))
+        steps: list[TraceStep] = []
+        feed, states = -1, []
+        for i in range(self.n):
+            s = None if inner is None else _slice(inner, i)
+            with child_context(self.child_segment(i), self.layer):
+                x, child_steps, s = run(self.layer, _slice(params, i), x, keys[i], s, train)
+            states.append(s)
+            steps += nest(child_steps, self.child_segment(i), None, len(steps), feed)
+            feed = len(steps) - 1 if steps else feed
+        if state is None:
+            return x, steps
+        return x, steps, (_join(states) if inner is not None else state)
+
+
+# The policies that are policies themselves (not factories of one, such as
+# save_only_these_names): these a checkpoint can record by name.
+_POLICIES = {
+    name: getattr(jax.checkpoint_policies, name)
+    for name in ("everything_saveable", "nothing_saveable", "dots_saveable",
+                 "dots_with_no_batch_dims_saveable")
+}
+
+
+@frozen
+class remat(Wrapper):
+    """A layer whose activations are recomputed in the backward pass (`jax.checkpoint`).
+
+    Same outputs and gradients as `layer`, less memory held between the
+    forward and backward pass, at the cost of running the layer's forward
+    twice. Params, state and paths are `layer`'s own.
+
+    Args:
+      layer: the layer; `.layer` holds it.
+      policy: what may be kept rather than recomputed, passed to
+        `jax.checkpoint`: a function from `jax.checkpoint_policies` (e.g.
+        `jax.checkpoint_policies.dots_saveable`, stored by its name so a
+        checkpoint can record it), or its name; `None` recomputes everything.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> block = lm.residual(lm.serial(lm.Dense(16, act="gelu"), lm.Dense(4)))
+      >>> model = lm.stack(lm.remat(block, jax.checkpoint_policies.dots_saveable), 4)
+      >>> model.layer
+      remat(residual(serial(Dense(16, act='gelu'), Dense(4))), policy='dots_saveable')
+    """
+
+    layer: Layer
+    policy: Optional[Union[str, Callable]] = None
+
+    def __post_init__(self):
+        check_layer_type("remat", self.layer, "layer must be a lamina Layer")
+        policy = self.policy
+        if isinstance(policy, str):
+            if policy not in _POLICIES:
+                raise layer_error(
+                    "remat",
+                    f"unknown policy {policy!r}; expected one of {sorted(_POLICIES)} or a "
+                    f"function from jax.checkpoint_policies",
+                )
+        elif policy is not None:
+            if not callable(policy):
+                raise layer_error(
+                    "remat",
+                    f"policy must be a function from jax.checkpoint_policies, its name, or "
+                    f"None, got {type(policy).__name__} {policy!r}",
+                    TypeError,
+                )
+            named = [name for name, fn in _POLICIES.items() if fn is policy]
+            if named:  # stored by name: equal, hashable and writable to a file
+                object.__setattr__(self, "policy", named[0])
+
+    @functools.cached_property
+    def name(self) -> str:
+        return f"remat({self.layer.name})"
+
+    def child_segment(self, i: int) -> str:
+        return ""  # the layer's params and paths are its own
+
+    def init(self, key, input_shape):
+        return self.layer.init(key, input_shape)
+
+    def init_state(self, input_shape):
+        return self.layer.init_state(input_shape)
+
+    def apply(self, params, x, *, key=None, state=None, train=False):
+        policy = _POLICIES.get(self.policy, self.policy)
+        layer = self.layer
+        if state is None:
+            if layer.stateful:
+                raise missing_state(self)
+            fn = jax.checkpoint(lambda p, h, k: layer.apply(p, h, key=k), policy=policy)
+            return fn(params, x, key)
+        if not layer.stateful:
+            fn = jax.checkpoint(lambda p, h, k: layer.apply(p, h, key=k), policy=policy)
+            return fn(params, x, key), state
+        fn = jax.checkpoint(
+            lambda p, h, k, s: layer.apply(p, h, key=k, state=s, train=train), policy=policy)
+        return fn(params, x, key, state)
+
+    def trace(self, params, x, *, key=None, state=None, train=False):
+        # Looking at the values needs no recomputation: the layer's own trace.
+        if state is None and not self.layer.stateful:
+            return self.layer.trace(params, x, key=key)
+        return run(self.layer, params, x, key, state, train)
+
+
+def unrolled(model: Layer) -> Layer:
+    """`model` with every `stack(layer, n)` inside it written as `serial` of `n` copies.
+
+    Its params are `unstack_tree(model, params)`: what torch exchange walks,
+    since a torch `nn.Sequential` of `n` blocks holds `n` modules.
+    """
+    if isinstance(model, stack):
+        one = unrolled(model.layer)
+        return serial(*[one] * model.n)
+    kids = children(model)
+    if not kids:
+        return model
+    new = iter([unrolled(child) for _, child in kids])
+    config = {}
+    for field, value in model.config().items():
+        if isinstance(value, Layer):
+            value = next(new)
+        elif isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):
+            value = tuple(next(new) for _ in value)
+        config[field] = value
+    return type(model).from_config(config)
+
+
+def unstack_tree(model: Layer, tree: Any) -> Any:
+    """A params (or state) tree of `model` as the tree of `unrolled(model)`."""
+    if isinstance(model, stack):
+        return tuple(unstack_tree(model.layer, _slice(tree, i)) for i in range(model.n))
+    return _map_children(model, tree, unstack_tree)
+
+
+def restack_tree(model: Layer, tree: Any) -> Any:
+    """The inverse of `unstack_tree`."""
+    if isinstance(model, stack):
+        return _join([restack_tree(model.layer, t) for t in tree])
+    return _map_children(model, tree, restack_tree)
+
+
+def _map_children(model: Layer, tree: Any, fn: Callable) -> Any:
+    kids = children(model)
+    if not kids or not isinstance(tree, (tuple, list)) and kids[0][0] != "":
+        return tree
+    if kids[0][0] == "":  # the child's tree is this layer's own
+        return fn(kids[0][1], tree)
+    if len(tree) != len(kids):
+        return tree
+    return tuple(fn(child, t) for (_, child), t in zip(kids, tree))
+
+
+def stacked_axes(model: Layer, tree: Any) -> Any:
+    """For each leaf of `model`'s params tree, how many leading axes are copies of a stack."""
+    def walk(layer, t, depth):
+        if isinstance(layer, stack):
+            return walk(layer.layer, t, depth + 1)
+        kids = children(layer)
+        if kids and kids[0][0] == "":
+            return walk(kids[0][1], t, depth)
+        if kids and isinstance(t, (tuple, list)) and len(t) == len(kids):
+            return tuple(walk(child, sub, depth) for (_, child), sub in zip(kids, t))
+        return jax.tree.map(lambda _: depth, t)
+
+    return walk(model, tree, 0)

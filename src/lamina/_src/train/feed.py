@@ -1,0 +1,290 @@
+"""fit's data: in-memory arrays cut into shuffled batches, or batches from any iterable.
+
+Both feeds give fit the same thing for each pass over the data (an epoch):
+the batches in order, each run by one jitted train step of a fixed batch
+size. A short batch is padded to that size and its padding masked out of the
+loss (weight 0), so the step compiles once. A model with state, or a loss
+that returns one scalar, cannot mask padding; then short batches are dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+from typing import Any, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lamina._src.train.data import as_dataset, check_classes, check_targets, target_classes
+from lamina._src.core.forward import apply_batch
+from lamina._src.core.layer import Layer, layer_error
+from lamina._src.core.params import check_params
+from lamina._src.train.step import _per_example_loss, _unpack_batch
+
+
+def is_arrays(data: Any) -> bool:
+    """Whether `data` is one `(inputs, targets)` pair rather than an iterable of batches.
+
+    A pair holds two arrays (anything with a `shape`) or nested lists of
+    numbers; a list of batches holds `(inputs, targets)` pairs. An array on
+    its own counts as a (bad) pair, so it gets the pair's error message.
+    """
+    if hasattr(data, "shape"):
+        return True
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        return False
+    if any(_is_batch(a) for a in data):  # two batches, e.g. list(a_torch_loader)
+        return False
+    return all(hasattr(a, "shape") or (isinstance(a, list) and not _holds_pairs(a)) for a in data)
+
+
+def _is_batch(item: Any) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and all(
+        hasattr(a, "shape") for a in item)
+
+
+def _holds_pairs(items: list) -> bool:
+    return bool(items) and isinstance(items[0], (tuple, list)) and any(
+        hasattr(a, "shape") for a in items[0])
+
+
+def _returns_scalar(model, params, loss_fn, inputs, targets) -> bool:
+    loss = jax.eval_shape(
+        lambda p, x, y: _per_example_loss(loss_fn, apply_batch(model, p, x), y),
+        params, inputs, targets,
+    )
+    return loss.ndim == 0
+
+
+def _spec(x: Any) -> str:
+    """`"(64,) float32"`: one example's shape and the dtype JAX computes in."""
+    return f"{tuple(x.shape[1:])} {jax.dtypes.canonicalize_dtype(x.dtype)}"
+
+
+class ArrayFeed:
+    """In-memory `(inputs, targets)`: every pass shuffles them with its own key.
+
+    The arrays go to the device once; each step gathers its batch there, from
+    the pass's order, inside the jitted step, so the host issues one call per
+    step. The order is a function of the pass's key, so a resumed run
+    recomputes it rather than storing it.
+    """
+
+    one_pass = False
+
+    def __init__(self, model: Layer, params: Any, loss_fn: Any, step: Any, data: Any,
+                 batch_size: Optional[int]):
+        if batch_size is None:
+            raise layer_error("fit", "batch_size is needed for (inputs, targets) arrays")
+        self.inputs, self.targets = as_dataset("fit: train_data", data)
+        check_params(model, params, self.inputs.shape[1:])
+        check_targets("fit: train_data", model, self.inputs, self.targets)
+        self.n = self.inputs.shape[0]
+        self.size = min(batch_size, self.n)
+        # Padding would enter batch statistics, so a model with state drops the
+        # last partial batch instead.
+        self.masked = not model.stateful and not _returns_scalar(
+            model, params, loss_fn, self.inputs[: self.size], self.targets[: self.size])
+        self.steps = math.ceil(self.n / self.size) if self.masked else self.n // self.size
+        self._step = _jit_array_step(step)
+        self._order = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"data": "arrays", "examples": self.n, "inputs": _spec(self.inputs),
+                "targets": _spec(self.targets), "batch_size": self.size}
+
+    def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
+        """`(i, i)` for each batch `i` of the pass from `start` on: the step gathers it."""
+        order = jax.random.permutation(shuffle_key, self.n)
+        total = self.steps * self.size
+        if total > self.n:  # padding rows repeat example 0 and are masked out of the loss
+            order = jnp.concatenate([order, jnp.zeros((total - self.n,), order.dtype)])
+        self._order = order[:total].reshape(self.steps, self.size)
+        for i in range(start, self.steps):
+            yield i, i
+
+    def run(self, params, opt_state, state, i, batch, key):
+        """One step on batch `i`: `((params, opt_state, metrics, state), examples)`."""
+        out = self._step(params, opt_state, state, self.inputs, self.targets, self._order,
+                         self.n, i, key, masked=self.masked)
+        return out, min(self.size, self.n - i * self.size)
+
+    def data_state(self) -> None:
+        return None
+
+
+def _jit_array_step(step):
+    """The array feed's step: gathers batch i of the pass on the device, in one dispatch.
+
+    `order` is the pass's shuffled indices padded to `steps * batch_size`;
+    `real` how many of them are examples. Slicing, gathering, masking the
+    padding and deriving the step's dropout key all happen inside the jitted
+    function.
+    """
+
+    def array_step(params, opt_state, state, inputs, targets, order, real, i, key, masked):
+        batch_size = order.shape[1]
+        idx = order[i]
+        weights = None
+        if masked:
+            weights = (i * batch_size + jnp.arange(batch_size) < real).astype(jnp.float32)
+        batch = (jnp.take(inputs, idx, axis=0), jnp.take(targets, idx, axis=0))
+        out = step(params, opt_state, batch, key=jax.random.fold_in(key, i), weights=weights,
+                   state=state)
+        return out if state is not None else out + (None,)
+
+    return jax.jit(array_step, donate_argnums=(0, 1), static_argnames="masked")
+
+
+def _jit_batch_step(step):
+    """The iterable feed's step: the batch comes in whole, with its weights."""
+
+    def batch_step(params, opt_state, state, inputs, targets, weights, i, key):
+        out = step(params, opt_state, (inputs, targets), key=jax.random.fold_in(key, i),
+                   weights=weights, state=state)
+        return out if state is not None else out + (None,)
+
+    return jax.jit(batch_step, donate_argnums=(0, 1))
+
+
+class IterFeed:
+    """Batches from any iterable of `(inputs, targets)`: a generator, a DataLoader, grain.
+
+    Every batch has the first batch's size (or `batch_size`) after padding,
+    so the step compiles once. A pass is one `iter(data)`; an iterator that
+    is its own `iter` (a generator) gives one pass only. A resumed run
+    restores the pass's iterator with its `set_state` where it has one (grain),
+    and otherwise iterates the pass again and skips the batches already used.
+    """
+
+    def __init__(self, model: Layer, params: Any, loss_fn: Any, step: Any, data: Any,
+                 batch_size: Optional[int], epochs: Optional[int]):
+        try:
+            it = iter(data)
+        except TypeError:
+            raise layer_error(
+                "fit",
+                f"train_data must be (inputs, targets) arrays or an iterable of (inputs, "
+                f"targets) batches, got {type(data).__name__}",
+                TypeError,
+            ) from None
+        self.data, self.one_pass = data, it is data
+        if self.one_pass and epochs is not None and epochs > 1:
+            raise layer_error(
+                "fit",
+                f"train_data is a one-pass iterator ({type(data).__name__}), so epochs={epochs} "
+                f"cannot be done: pass something iter() can start again (a list, a "
+                f"torch DataLoader, a grain loader), or steps= with a stream that repeats",
+            )
+        first = next(it, None)
+        if first is None:
+            raise layer_error("fit", "train_data yielded no batches")
+        inputs, targets = self._arrays(0, first)
+        self.size = batch_size or inputs.shape[0]
+        check_params(model, params, inputs.shape[1:])
+        self._classes = (target_classes(model, inputs.shape[1:])
+                         if jnp.issubdtype(targets.dtype, jnp.integer) else None)
+        self.masked = not model.stateful and not _returns_scalar(
+            model, params, loss_fn, inputs, targets)
+        self._shapes = (inputs.shape[1:], targets.shape[1:])
+        self._spec = {"inputs": _spec(inputs), "targets": _spec(targets)}
+        self._pending: Optional[tuple] = (it, first)  # the first pass goes on from here
+        self._iter: Any = None
+        self.steps = None  # batches per pass, where the iterable tells (only shown)
+        if not self.one_pass:
+            try:
+                self.steps = len(data)
+            except TypeError:
+                pass
+        self._step = _jit_batch_step(step)
+
+    def describe(self) -> dict[str, Any]:
+        return {"data": "iterable", **self._spec, "batch_size": self.size}
+
+    def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
+        """`(i, batch)` for each batch `i` of the pass from `start` on; `batch` None if dropped."""
+        if self._pending is not None:
+            raw, first = self._pending
+            self._pending = None
+            source: Iterator = itertools.chain([first], raw)
+        else:
+            raw = source = iter(self.data)
+        self._iter = raw
+        if data_state is not None and callable(getattr(raw, "set_state", None)):
+            raw.set_state(_decode_state(data_state))
+            source = raw
+        else:
+            for _ in range(start):  # replays the pass up to where the run stopped
+                if next(source, None) is None:
+                    return
+        for i, batch in enumerate(source, start):
+            yield i, self._prepare(i, batch)
+
+    def _arrays(self, i: int, batch: Any) -> tuple[Any, Any]:
+        where = f"fit: train_data batch {i}"
+        inputs, targets = (a if isinstance(a, jax.Array) else np.asarray(a)
+                           for a in _unpack_batch(where, batch))
+        if inputs.ndim < 1 or targets.ndim < 1 or inputs.shape[0] != targets.shape[0]:
+            raise layer_error(
+                where, f"inputs and targets need one leading example axis of the same "
+                f"length, got shapes {inputs.shape} and {targets.shape}")
+        if inputs.shape[0] == 0:
+            raise layer_error(where, "is empty: 0 examples")
+        return inputs, targets
+
+    def _prepare(self, i: int, batch: Any) -> Optional[tuple]:
+        """`(inputs, targets, weights, examples)` padded to the batch size; None if dropped."""
+        where = f"fit: train_data batch {i}"
+        inputs, targets = self._arrays(i, batch)
+        if (inputs.shape[1:], targets.shape[1:]) != self._shapes:
+            raise layer_error(
+                where,
+                f"examples of shape {inputs.shape[1:]} with targets {targets.shape[1:]}, but "
+                f"the first batch had {self._shapes[0]} with {self._shapes[1]}; every batch "
+                f"must hold examples of one shape",
+            )
+        n = inputs.shape[0]
+        if n > self.size:
+            raise layer_error(
+                where, f"has {n} examples, more than the batch size {self.size} (batch_size=, "
+                f"or the first batch's size)")
+        check_classes(where, self._classes, targets)
+        if not self.masked:
+            return (inputs, targets, None, n) if n == self.size else None
+        weights = np.zeros(self.size, np.float32)
+        weights[:n] = 1.0
+        return _pad(inputs, self.size), _pad(targets, self.size), weights, n
+
+    def run(self, params, opt_state, state, i, batch, key):
+        """One step on `batch`: `((params, opt_state, metrics, state), examples)`."""
+        inputs, targets, weights, n = batch
+        return self._step(params, opt_state, state, inputs, targets, weights, i, key), n
+
+    def data_state(self) -> Any:
+        """The pass iterator's own state, JSON-ready, where it has one (grain); else None."""
+        get = getattr(self._iter, "get_state", None)
+        if not callable(get) or not callable(getattr(self._iter, "set_state", None)):
+            return None
+        state = get()
+        if isinstance(state, bytes):
+            return {"bytes": base64.b64encode(state).decode("ascii")}
+        try:
+            json.dumps(state)
+        except (TypeError, ValueError):
+            return None
+        return {"json": state}
+
+
+def _decode_state(saved: dict) -> Any:
+    return base64.b64decode(saved["bytes"]) if "bytes" in saved else saved["json"]
+
+
+def _pad(x: Any, size: int) -> Any:
+    if x.shape[0] == size:
+        return x
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.concatenate([x, xp.zeros((size - x.shape[0],) + x.shape[1:], x.dtype)])
