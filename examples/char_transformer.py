@@ -98,7 +98,7 @@ def sample(model, params, prompt, encode, vocab, *, length, window, temperature,
     `temperature` 0 takes the likeliest character (greedy).
     """
     ids = list(encode(prompt))
-    for i in range(length):
+    for _ in range(length):
         context = ids[-window:]
         padded = np.zeros(window, np.int32)
         padded[: len(context)] = context

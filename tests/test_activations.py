@@ -1,11 +1,12 @@
 """Activations by name and as layers, against NumPy formulas."""
 
+from math import erf
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from math import erf
 
 import lamina as lm
 from lamina._src.layers.activations import resolve_activation

@@ -13,8 +13,7 @@ sys.path.insert(0, str(BENCH))
 import bench  # noqa: E402
 import impls  # noqa: E402
 
-
-pytestmark = pytest.mark.usefixtures("allow_rank_promotion")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("allow_rank_promotion")]
 
 
 def test_quick_run_writes_table_and_json(tmp_path, capsys):

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from example_runner import load
 
 import lamina as lm
-from example_runner import load
+
+pytestmark = pytest.mark.slow  # the tier `pytest -m 'not slow'` leaves out
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,9 @@ def test_params_like_reads_a_model_pair_and_passes_a_tree(key):
     from lamina._src.core.params import params_like
 
     model = lm.serial(lm.Dense(8, act="relu"), lm.LayerNorm(), lm.Dense(3, use_bias=False))
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    def f32(*shape):
+        return jax.ShapeDtypeStruct(shape, jnp.float32)
+
     expected = ({"W": f32(8, 5), "b": f32(8)}, {"scale": f32(8), "offset": f32(8)}, {"W": f32(3, 8)})
     got = params_like((model, (5,)))
     assert jax.tree.structure(got) == jax.tree.structure(expected)

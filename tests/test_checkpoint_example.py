@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 import safetensors.numpy
-
 from example_runner import load
+
+pytestmark = pytest.mark.slow  # the tier `pytest -m 'not slow'` leaves out
 
 
 def numpy_mlp(tensors, xs):

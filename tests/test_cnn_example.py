@@ -3,9 +3,12 @@
 import re
 
 import numpy as np
+import pytest
+from example_runner import load
 
 import lamina as lm
-from example_runner import load
+
+pytestmark = pytest.mark.slow  # the tier `pytest -m 'not slow'` leaves out
 
 LINE = re.compile(r"^test accuracy: (\d{1,3}\.\d\d)% after (\d+) epochs in (\d+\.\d) s$", re.M)
 

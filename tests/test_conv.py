@@ -86,6 +86,7 @@ CONV_T_CASES = [
 ]
 
 
+@pytest.mark.slow
 @WRAPS
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 def test_conv_matches_torch(case, wrap):
@@ -96,6 +97,7 @@ def test_conv_matches_torch(case, wrap):
     compare_with_torch(layer, module, kw.get("act"), c_in, spatial, wrap, 100 + case)
 
 
+@pytest.mark.slow
 @WRAPS
 @pytest.mark.parametrize("case", range(len(CONV_T_CASES)))
 def test_conv_transpose_matches_torch(case, wrap):
@@ -166,6 +168,7 @@ def test_custom_and_jax_initializers(key):
     ],
     ids=lambda v: getattr(v, "name", str(v)),
 )
+@pytest.mark.slow
 def test_check_layer(layer, shape):
     lm.testing.check_layer(layer, shape)
 

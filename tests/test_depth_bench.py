@@ -12,9 +12,7 @@ sys.path.insert(0, str(BENCH))
 
 import depth  # noqa: E402
 
-
-
-pytestmark = pytest.mark.usefixtures("allow_rank_promotion")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("allow_rank_promotion")]
 
 
 def test_quick_run_prints_every_implementation_and_they_agree(tmp_path, capsys):

@@ -6,7 +6,6 @@ in tests/multidevice. Output-only blocks use a ```text fence.
 """
 
 import inspect
-import os
 import pathlib
 import re
 import struct
@@ -69,6 +68,7 @@ def resolve(dotted):
                     "lamina.testing": lamina.testing}[module], name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p) or p in PRINTS])
 def test_page_code_runs(page, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # whatever a block writes lands here

@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
-
 from headless import chrome, needs_browser
+
+pytestmark = pytest.mark.slow  # the tier `pytest -m 'not slow'` leaves out
 
 pytest.importorskip("mkdocs", reason="needs the docs extra: pip install -e '.[docs]'")
 pytest.importorskip("mkdocstrings_handlers.python", reason="needs the docs extra: pip install -e '.[docs]'")

@@ -163,8 +163,8 @@ def test_apply_errors(key):
             wrap(layer.apply)(params, jnp.array([True, False]))
     with pytest.raises(ValueError, match=r"expected W of shape \(10, 4\), got \(4, 10\)"):
         layer.apply({"W": params["W"].T}, jnp.array([1]))
-    with pytest.raises(ValueError, match=r"expected params \{'W': \(num_embeddings, features\)\}, "
-                                         r"got \['W', 'b'\]"):
+    with pytest.raises(ValueError, match=r"unexpected params keys \['b'\]; expected "
+                                         r"\{'W': \(num_embeddings, features\)\}"):
         layer.apply({**params, "b": jnp.zeros(4)}, jnp.array([1]))
     with pytest.raises(TypeError, match=r"expected params .*got tuple"):
         layer.apply((), jnp.array([1]))

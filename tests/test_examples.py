@@ -3,8 +3,10 @@
 import pathlib
 
 import numpy as np
-
+import pytest
 from example_runner import EXAMPLES, load
+
+pytestmark = pytest.mark.slow  # the tier `pytest -m 'not slow'` leaves out
 
 
 def test_every_example_has_a_test():

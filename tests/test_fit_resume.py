@@ -22,6 +22,8 @@ import pytest
 
 import lamina as lm
 
+pytestmark = pytest.mark.slow  # the tier `pytest -m 'not slow'` leaves out
+
 SCRIPT = pathlib.Path(__file__).with_name("fit_resume_script.py")
 TMP = ".orbax-checkpoint-tmp"
 
@@ -62,8 +64,8 @@ def test_killed_runs_resume_bit_identical(tmp_path):
     reference = start("-", tmp_path / "reference")
     directory = tmp_path / "checkpoints"
     rng = random.Random(0)
-    # Three kills a random time after a new checkpoint, two while a save is being written.
-    moments = [(False, rng.uniform(0, 0.25)) for _ in range(3)] + [(True, 0.0), (True, 0.0)]
+    # One kill a random time after a new checkpoint, two while a save is being written.
+    moments = [(False, rng.uniform(0, 0.25))] + [(True, 0.0), (True, 0.0)]
     rng.shuffle(moments)
     last, kills, restored = -1, [], []
     for during_save, delay in moments:
@@ -84,7 +86,7 @@ def test_killed_runs_resume_bit_identical(tmp_path):
         assert said == f"resumed from step {latest}", (said, latest)
     print("kills at (latest step, mid-save):", kills)
     assert sum(saving for _, saving in kills) >= 2, kills  # killed with a save under way
-    assert len({step for step, _ in kills}) >= 5, kills  # at five different places at least
+    assert len({step for step, _ in kills}) >= 3, kills  # at three different places at least
     assert not any(TMP in n for n in os.listdir(directory))
 
     ours, theirs = (np.load(tmp_path / f"{name}.npz") for name in ("killed", "reference"))

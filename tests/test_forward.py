@@ -142,3 +142,13 @@ def test_models_that_take_a_batch_skip_the_vmap_with_the_same_numbers(key):
     # Bad input still names one example's shape.
     with pytest.raises(lm.LaminaError, match=r"got x with shape \(7,\)"):
         lm.forward(model)(params, jnp.ones((10, 7)))
+
+
+def test_a_deep_model_compiles_under_a_short_name():
+    # JAX's compilation cache names its files by the function's name; a deep
+    # model's whole name would be too long for a file name.
+    model = lm.serial(*[lm.Dense(4, act="tanh") for _ in range(40)])
+    assert len(model.name) > 400
+    fwd = lm.forward(model)
+    assert fwd.__name__.startswith("forward[serial(Dense(4, tanh)") and len(fwd.__name__) <= 70
+    assert lm.forward(lm.mlp([3])).__name__ == "forward[serial(Dense(3))]"

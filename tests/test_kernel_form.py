@@ -9,8 +9,8 @@ import re
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import pytest
+from jax import lax
 
 import lamina as lm
 

@@ -18,6 +18,7 @@ SEQUENCE = lm.serial(lm.LSTM(6), lm.GRU(5), lm.Flatten(), lm.Dense(3))
 CASES = [(CNN, (2, 8, 8)), (TRANSFORMER, (5, 8)), (SEQUENCE, (4, 3))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, shape", CASES, ids=["cnn", "transformer", "recurrent"])
 def test_export_serves_them(model, shape, key):
     _, params = model.init(key, shape)
@@ -26,6 +27,7 @@ def test_export_serves_them(model, shape, key):
     np.testing.assert_allclose(served(xs), lm.forward(model)(params, xs), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_per_example_grads_of_a_cnn_equal_a_loop(key):
     _, params = CNN.init(key, (2, 8, 8))
     xs = jax.random.normal(jax.random.key(1), (5, 2, 8, 8))
@@ -37,6 +39,7 @@ def test_per_example_grads_of_a_cnn_equal_a_loop(key):
                      grads, one)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, shape", CASES, ids=["cnn", "transformer", "recurrent"])
 def test_visualize_and_summary_show_every_layer(model, shape, key):
     _, params = model.init(key, shape)
@@ -49,6 +52,7 @@ def test_visualize_and_summary_show_every_layer(model, shape, key):
     assert all(row.flops > 0 for row in info.rows if row.params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, shape", CASES, ids=["cnn", "transformer", "recurrent"])
 def test_load_model_rebuilds_them(model, shape, key, tmp_path):
     _, params = model.init(key, shape)

@@ -95,8 +95,8 @@ def test_init_and_torch_names(key):
     assert shape == (4, 5, 5) and sorted(params) == ["offset", "scale"]
     np.testing.assert_array_equal(params["scale"], np.ones(4))
     np.testing.assert_array_equal(params["offset"], np.zeros(4))
-    assert lm.RMSNorm.torch_names == {"scale": "weight"}
-    assert lm.GroupNorm.torch_names == {"scale": "weight", "offset": "bias"}
+    assert lm.RMSNorm().torch_names == {"scale": "weight"}
+    assert lm.GroupNorm(2).torch_names == {"scale": "weight", "offset": "bias"}
 
 
 def test_low_precision_input_keeps_its_dtype(key):
@@ -110,9 +110,10 @@ def test_low_precision_input_keeps_its_dtype(key):
 
 
 @pytest.mark.parametrize("layer, input_shape", [
-    (lm.RMSNorm(), (6,)), (lm.RMSNorm(1e-3), (2, 5)),
+    (lm.RMSNorm(1e-3), (2, 5)),
     (lm.GroupNorm(1), (3,)), (lm.GroupNorm(2), (4, 5)), (lm.GroupNorm(3), (6, 2, 3)),
 ], ids=repr)
+@pytest.mark.slow
 def test_check_layer(layer, input_shape):
     lm.testing.check_layer(layer, input_shape)
 
@@ -156,13 +157,16 @@ def test_constructor_errors(make, error, words):
 
 def test_apply_and_init_errors(key):
     _, params = lm.RMSNorm().init(key, (4,))
-    with pytest.raises(ValueError, match=r"^RMSNorm\(\): expected scale of shape \(5,\) for "
-                                         r"the input's 5 features or channels, got \(4,\)"):
+    with pytest.raises(ValueError, match=r"^RMSNorm\(\): expected input with last dimension 4 "
+                                         r"\(scale has shape \(4,\)\), got x with shape \(5,\)"):
         lm.RMSNorm().apply(params, jnp.ones(5))
+    with pytest.raises(ValueError, match=r"^RMSNorm\(\): expected scale of shape \(5,\) for "
+                                         r"the input's 5 features or channels, got \(4, 1\)"):
+        lm.RMSNorm().apply({"scale": jnp.ones((4, 1))}, jnp.ones(5))
     with pytest.raises(ValueError, match=r"RMSNorm\(\): expected x of shape \(..., D\), got a "
                                          r"scalar"):
         lm.RMSNorm().apply(params, jnp.float32(1))
-    with pytest.raises(ValueError, match=r"expected params \{'scale': \(D,\)\}, got \['W'\]"):
+    with pytest.raises(ValueError, match=r"expected params \{'scale': \(D,\)\}, got a dict with keys \['W'\]"):
         lm.RMSNorm().apply({"W": params["scale"]}, jnp.ones(4))
     with pytest.raises(TypeError, match=r"RMSNorm\(\): expected a floating-point input"):
         lm.RMSNorm().apply(params, jnp.ones(4, jnp.int32))

@@ -29,6 +29,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @WRAPS
 @pytest.mark.parametrize("kind", ["MaxPool", "AvgPool"])
 @pytest.mark.parametrize("case", range(len(CASES)))
@@ -80,6 +81,7 @@ def test_global_avg_pool_matches_torch(spatial, wrap):
     ],
     ids=lambda v: getattr(v, "name", str(v)),
 )
+@pytest.mark.slow
 def test_check_layer(layer, shape):
     lm.testing.check_layer(layer, shape)
 

@@ -5,14 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from example_runner import load
 
 import lamina as lm
-from example_runner import load
 from lamina import with_dtype
 
 xent = optax.softmax_cross_entropy_with_integer_labels
 
 
+@pytest.mark.slow
 def test_dtypes_of_outputs_params_and_gradients(key):
     model = with_dtype(lm.serial(lm.Dense(16, act="relu"), lm.LayerNorm(), lm.Dense(3)), compute=jnp.bfloat16)
     _, params = model.init(key, (8,))
@@ -55,10 +56,11 @@ def test_loss_is_computed_in_float32():
 def test_with_dtype_errors():
     with pytest.raises(TypeError, match=r"with_dtype: compute must be a floating dtype"):
         with_dtype(lm.mlp([2]), compute=jnp.int32)
-    with pytest.raises(TypeError, match=r"with_dtype: expected a lamina Layer"):
+    with pytest.raises(TypeError, match=r"with_dtype: model must be a lamina Layer"):
         with_dtype("mlp", compute=jnp.bfloat16)
 
 
+@pytest.mark.slow
 def test_digits_bfloat16_within_one_point_of_float32():
     digits = load("train_digits")
     (x_train, y_train), (x_test, y_test) = digits.load_data()

@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -12,6 +14,7 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README, re.S)
 
 
+@pytest.mark.slow
 def test_quickstart_runs(capsys):
     blocks = python_blocks()
     assert len(blocks) >= 1, "README lost its quickstart"

@@ -36,6 +36,7 @@ def stacked():
     return model, params
 
 
+@pytest.mark.slow
 def test_params_are_the_copies_params_on_a_leading_axis(stacked):
     model, params = stacked
     assert params[0][1]["W"].shape == (N, 16, 6) and params[0][0]["scale"].shape == (N, 6)
@@ -61,6 +62,7 @@ def test_output_equals_numpy_copies(stacked):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unroll", [1, 3])
 def test_outputs_gradients_and_dropout_masks_equal_serial(stacked, unroll):
     model, params = stacked
@@ -128,6 +130,7 @@ def test_bad_configuration(bad, message):
         lm.stack(lm.Dense(3), **bad)
 
 
+@pytest.mark.slow
 def test_one_trace_of_the_block_whatever_n():
     def size(n):
         model = lm.stack(BLOCK, n)
@@ -137,6 +140,7 @@ def test_one_trace_of_the_block_whatever_n():
     assert size(2) == size(64)
 
 
+@pytest.mark.slow
 def test_remat_equals_the_layer_and_composes_with_stack(stacked):
     model, params = stacked
     xs = jax.random.normal(jax.random.key(1), (5, 6))
@@ -298,6 +302,7 @@ def test_same_key_same_masks_as_split_per_child():
     lm.stack(lm.residual(lm.Dense(5, act="tanh")), 3),
     lm.remat(lm.serial(lm.Dense(7, act="gelu"), lm.Dense(5))),
 ], ids=["stack", "remat"])
+@pytest.mark.slow
 def test_check_layer_passes(layer):
     lm.testing.check_layer(layer, (5,))
 
@@ -307,6 +312,7 @@ def test_check_layer_passes(layer):
     lambda s: lm.residual(s),
     lambda s: lm.parallel(s, lm.Identity()),
 ], ids=["serial", "residual", "parallel"])
+@pytest.mark.slow
 def test_a_stack_inside_a_combinator_still_scans(wrap):
     def size(n):
         model = wrap(lm.stack(lm.residual(lm.Dense(6, act="tanh")), n))

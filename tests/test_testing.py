@@ -19,7 +19,7 @@ from jax.test_util import check_grads
 
 import lamina as lm
 from lamina import testing
-from lamina._src.testing.check import enable_x64
+from lamina._src.testing.case import enable_x64
 
 ALL_LAYERS = [
     (lm.Dense(3), (4,)),
@@ -50,11 +50,13 @@ ALL_LAYERS = [
 ]
 
 
+@pytest.mark.slow
 @testing.parametrize(ALL_LAYERS)
 def test_every_lamina_layer_passes(layer, input_shape):
     testing.check_layer(layer, input_shape)
 
 
+@pytest.mark.slow
 def test_compute_dtype_layers_pass_with_their_dtype():
     layer = lm.Dense(4, dtype=jnp.bfloat16)
     testing.check_layer(layer, (3,), dtype=jnp.bfloat16)
@@ -103,6 +105,7 @@ def _attention(wrong_grad=False):
     return lm.Layer(init, apply, "BadGradAttention" if wrong_grad else "SelfAttention")
 
 
+@pytest.mark.slow
 def test_a_layer_computing_in_float32_inside_passes():
     layer = _attention()
     testing.check_layer(layer, (4, 3))
@@ -278,6 +281,7 @@ BROKEN = [
 @pytest.mark.parametrize(
     "layer, input_shape, prop, fragments", BROKEN, ids=[f"{row[2]}-{row[0].name}" for row in BROKEN]
 )
+@pytest.mark.slow
 def test_broken_layer_is_caught_naming_the_property(layer, input_shape, prop, fragments):
     with pytest.raises(AssertionError) as info:
         testing.check_layer(layer, input_shape)
@@ -324,6 +328,7 @@ def _ema(seen=None):
     (_ema(), (3,)),
     (_ema(), (2, 3)),
 ])
+@pytest.mark.slow
 def test_layers_with_state_pass(layer, input_shape):
     assert layer.stateful
     testing.check_layer(layer, input_shape)
@@ -375,6 +380,7 @@ HIDDEN_FLOAT32 = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", sorted(HIDDEN_FLOAT32))
 def test_float32_compute_is_found_inside_sub_jaxprs(where):
     fn = HIDDEN_FLOAT32[where]

@@ -1,6 +1,5 @@
 """Whole torch models move to lamina and back with lm.from_torch / lm.to_torch, no permutation."""
 
-import jax
 import numpy as np
 import pytest
 import torch

@@ -33,6 +33,7 @@ def problem():
     return model, params, xs, ys
 
 
+@pytest.mark.slow
 def test_one_sgd_step_is_params_minus_lr_grad(problem):
     model, params, xs, ys = problem
     lr = 0.1
@@ -75,6 +76,7 @@ def test_step_donates_and_does_not_retrace(problem):
     assert step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_per_example_grads(problem):
     model, params, xs, ys = problem
     grads = lm.per_example_grads(model, xent)(params, (xs, ys))
@@ -133,6 +135,7 @@ def test_train_step_takes_weights_as_a_list():
     np.testing.assert_allclose(new["W"][0, 0], 1.0 - 0.1 * 3.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_per_example_grads_takes_nested_lists(problem):
     model, params, xs, ys = problem
     grads = lm.per_example_grads(model, xent)
@@ -185,6 +188,7 @@ def test_regression_converges_to_closed_form():
     assert history["train_loss"][-1] < history["train_loss"][0]
 
 
+@pytest.mark.slow
 def test_xor_reaches_full_accuracy():
     xs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
     ys = np.array([0, 1, 1, 0], np.int32)
@@ -205,6 +209,7 @@ def fit_once(seed=0, **kwargs):
                   key=jax.random.key(seed), eval_data=(xs, ys), progress=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_fit_is_bit_for_bit_reproducible():
     p1, h1 = fit_once()
     p2, h2 = fit_once()
@@ -214,6 +219,7 @@ def test_fit_is_bit_for_bit_reproducible():
     assert h3["train_loss"] != h1["train_loss"]
 
 
+@pytest.mark.slow
 def test_fit_history_shapes_and_ranges():
     _, history = fit_once()
     assert set(history) == {"train_loss", "eval_loss", "eval_accuracy"}
@@ -221,6 +227,7 @@ def test_fit_history_shapes_and_ranges():
     assert all(0.0 <= a <= 1.0 for a in history["eval_accuracy"])
 
 
+@pytest.mark.slow
 def test_partial_batch_does_not_recompile_per_epoch():
     traces = []
     base = lm.Dense(2)
@@ -364,6 +371,7 @@ def test_compiled_step_reuses_params_and_optimizer_buffers():
     assert stats.alias_size_in_bytes >= sum(x.size * x.dtype.itemsize for x in leaves if x.dtype == jnp.float32)
 
 
+@pytest.mark.slow
 def test_fit_twice_from_the_same_params():
     # A learning-rate sweep from one init: fit trains a copy, never the caller's arrays.
     model = lm.mlp([8, 3])

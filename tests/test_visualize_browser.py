@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import lamina as lm
 from example_runner import load
 from headless import chrome, needs_browser
+
+import lamina as lm
 from lamina import visualize
 
 try:
@@ -26,7 +26,7 @@ try:
 except ImportError:
     pass  # needs_browser skips the module
 
-pytestmark = needs_browser
+pytestmark = [pytest.mark.slow, needs_browser]
 WIDTH, HEIGHT = 1400, 900
 X = jnp.array([0.8, 0.3, 0.9])  # the lesson's food: size, shape, nutrition
 

@@ -3,11 +3,12 @@
 1. Docstrings follow the house style's singular `Example:` heading; griffe's
    Google parser knows only `Examples:`, and would otherwise render the
    doctests as prose. The heading is read as `Examples:` here.
-2. lamina's built-in layers are frozen dataclasses made by the decorator
-`frozen = functools.partial(dataclasses.dataclass, frozen=True, ...)`, which
-griffe's static analysis does not see as `@dataclass`, so it would show
-`Layer.__init__`'s signature for them. This extension imports each such class
-and gives it the `__init__` that `dataclasses` really generated.
+2. lamina's built-in layers are frozen dataclasses made by their base class
+(`Builtin.__init_subclass__`), which griffe's static analysis does not see as
+`@dataclass`, so it would show `Layer.__init__`'s signature for them. This
+extension imports each such class and gives it the `__init__` that
+`dataclasses` really generated, with each field's plain type (`int` for a
+`Count`, whose check is lamina's business, not the reader's).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib
 import inspect
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +65,17 @@ class LaminaDocs(griffe.Extension):
                 self._set_init(member)
 
     def _set_init(self, cls: griffe.Class) -> None:
-        if "__init__" in cls.members or not any(
-            str(d.value).split(".")[-1] == "frozen" for d in cls.decorators
-        ):
-            return
-        runtime = getattr(importlib.import_module(cls.module.path), cls.name)
+        if "__init__" in cls.members or cls.decorators:
+            return  # its own __init__, or a literal @dataclass griffe reads itself
+        runtime = getattr(importlib.import_module(cls.module.path), cls.name, None)
         if not dataclasses.is_dataclass(runtime):
             return
         signature = inspect.signature(runtime.__init__)
+        hints = typing.get_type_hints(runtime)
         parameters = [
             griffe.Parameter(
                 name,
-                annotation=_text(p.annotation),
+                annotation=_text(hints.get(name, p.annotation)),
                 kind=_KINDS[p.kind],
                 default=None if p.default is inspect.Parameter.empty else repr(p.default),
             )

@@ -1,6 +1,18 @@
 """lamina: neural-network layers as pure JAX functions."""
 
 from lamina import initializers
+from lamina._src.core.errors import LaminaError
+from lamina._src.core.forward import forward
+from lamina._src.core.layer import Layer, Params, Shape
+from lamina._src.core.params import check_params, param_labels, param_shapes
+from lamina._src.core.record import TraceStep
+from lamina._src.core.state import has_state, init_state
+from lamina._src.inspection.summary import Summary, SummaryRow, summary
+from lamina._src.inspection.trace import trace
+from lamina._src.inspection.visualize import visualize
+from lamina._src.io.checkpoint import load, load_metadata, load_model, save
+from lamina._src.io.export import export, load_exported
+from lamina._src.io.torch import from_torch, to_torch
 from lamina._src.layers.activations import (
     ACTIVATIONS,
     Activation,
@@ -11,33 +23,21 @@ from lamina._src.layers.activations import (
     Tanh,
 )
 from lamina._src.layers.attention import MultiHeadAttention, TransformerEncoderLayer
-from lamina._src.io.checkpoint import load, load_metadata, load_model, save
 from lamina._src.layers.combinators import Concat, mlp, parallel, residual, serial
 from lamina._src.layers.conv import Conv, ConvTranspose
 from lamina._src.layers.dense import Dense, dense
 from lamina._src.layers.dropout import Dropout
 from lamina._src.layers.embedding import Embedding
-from lamina._src.io.export import export, load_exported
-from lamina._src.core.forward import forward, trace
-from lamina._src.core.errors import LaminaError
-from lamina._src.core.layer import Layer, Params, Shape, TraceStep
-from lamina._src.layers.normalization import BatchNorm, LayerNorm
-from lamina._src.layers.norms import GroupNorm, RMSNorm
-from lamina._src.core.params import check_params, param_labels, param_shapes
+from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from lamina._src.layers.pooling import AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.layers.precision import with_dtype
 from lamina._src.layers.recurrent import GRU, LSTM
 from lamina._src.layers.reshape import Flatten, Identity
-from lamina._src.train.sharding import shard_batch, shard_params
 from lamina._src.layers.stack import remat, stack
-from lamina._src.core.state import has_state, init_state
-from lamina._src.inspection.summary import Summary, SummaryRow, summary
-from lamina._src.io.torch import from_torch, to_torch
 from lamina._src.train.fit import fit
+from lamina._src.train.sharding import shard_batch, shard_params
 from lamina._src.train.step import accuracy, evaluate, per_example_grads, train_step
-from lamina._src.inspection.visualize import visualize
-
-__version__ = "0.1.0"
+from lamina._src.version import __version__ as __version__
 
 
 def __getattr__(name):

@@ -101,7 +101,7 @@ def layer_error(name: str, message: str, cls: type = ValueError) -> LaminaError:
         `TypeError` for the wrong kind of object, `FloatingPointError`,
         `FileNotFoundError` or `AssertionError`.
     """
-    return _KINDS[cls](message, layer=name)
+    return _KINDS[cls](message, layer=name)  # type: ignore[index]
 
 
 def join_path(segment: str, path: str) -> str:
@@ -129,6 +129,9 @@ def child_context(segment: str, child: Any) -> Iterator[None]:
             error.add_note(f"(raised inside lamina layer {segment} {child.name})")
         raise
 
+
+BATCH_HINT = "Layers take one example; use jax.vmap or lm.forward for batches."
+"""The one wording of "this looks like a batch where one example was expected"."""
 
 TRANSPOSED = (
     " (transposed? lamina stores W as (out, in), like torch.nn.Linear; no .T is needed)"

@@ -1,4 +1,4 @@
-"""Forward propagation: the batched, jitted forward and a step-by-step trace."""
+"""Forward propagation over a batch: `lm.forward`, and what the train step and export share."""
 
 from __future__ import annotations
 
@@ -8,18 +8,9 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina._src.train.data import as_array
-from lamina._src.core.errors import LaminaError
-from lamina._src.core.layer import (
-    Layer,
-    Params,
-    TraceStep,
-    check_key,
-    check_layer_type,
-    layer_error,
-    run,
-)
-
+from lamina._src.core.checks import as_array, check_key, shape_of
+from lamina._src.core.errors import LaminaError, layer_error
+from lamina._src.core.layer import Layer, Params, check_layer_type, missing_state
 
 BATCH_AXIS = "batch"
 """The name lamina gives the vmapped batch axis; `lm.BatchNorm` reads statistics over it."""
@@ -67,59 +58,75 @@ def _jitted_forward(model: Layer) -> Callable[..., Any]:
     def fwd(params: Params, xs: jax.Array, *, key: Optional[jax.Array] = None,
             state: Any = None, train: bool = False):
         xs = as_array(xs)  # a nested list, as model.apply and lm.fit take
-        if jnp.ndim(xs) < 1:
-            raise layer_error(
-                model.name,
-                f"lm.forward expects a batch with a leading batch axis, "
-                f"got xs with shape {jnp.shape(xs)}",
-            )
+        batch_size(model.name, xs)
         if state is None:
             return apply_batch(model, params, xs, key)
         return apply_batch_state(model, params, xs, key, state, train)
 
-    fwd.__name__ = f"forward[{model.name}]"
+    # The name shows in profiles and XLA's dumps; JAX's compilation cache
+    # names its files by it too, where a deep model's full name is too long.
+    name = model.name if len(model.name) <= 60 else model.name[:57] + "..."
+    fwd.__name__ = f"forward[{name}]"
     return jax.jit(fwd, static_argnames="train")
+
+
+def batch_size(where: str, xs: Any) -> int:
+    """The number of examples in `xs`: an array, or a tuple of arrays sharing the batch axis."""
+    leaves = jax.tree.leaves(xs)
+    if not leaves or any(jnp.ndim(leaf) < 1 for leaf in leaves):
+        raise layer_error(
+            where,
+            f"lm.forward expects a batch with a leading batch axis, got xs with shape "
+            f"{shape_of(xs)}",
+        )
+    sizes = sorted({jnp.shape(leaf)[0] for leaf in leaves})
+    if len(sizes) > 1:
+        raise layer_error(
+            where, f"the inputs must share their batch axis, got xs with shapes {shape_of(xs)}")
+    return sizes[0]
 
 
 def apply_batch(
     model: Layer, params: Params, xs: jax.Array, key: Optional[jax.Array] = None
 ) -> jax.Array:
-    """`model.apply` over axis 0 of `xs`; with a key, one key per example."""
-    check_key(model.name, key, optional=True)
-    if key is None or not model.stochastic:
-        if model.batch_polymorphic and jnp.ndim(xs) >= 2:
-            # The same numbers as vmap, traced in about half the time.
-            try:
-                return model.apply(params, xs)
-            except LaminaError:
-                pass  # vmap raises it again, naming one example's shapes
-        return jax.vmap(lambda x: model.apply(params, x))(xs)
-    keys = jax.random.split(key, jnp.shape(xs)[0])
-    return jax.vmap(lambda x, k: model.apply(params, x, key=k))(xs, keys)
+    """`model` over axis 0 of `xs` without state; with a key, one key per example."""
+    if model.stateful:
+        raise missing_state(model)
+    return apply_batch_state(model, params, xs, key, (), False)[0]
 
 
 def apply_batch_state(
     model: Layer, params: Params, xs: jax.Array, key: Optional[jax.Array], state: Any,
     train: bool,
 ) -> tuple[Any, Any]:
-    """`(outputs, new_state)`: `apply_batch` threading `state`, over an axis named `"batch"`.
+    """`(outputs, new_state)`: `model.call` over axis 0 of `xs`, vmapped over an axis named `"batch"`.
 
     The state is shared by every example (not vmapped), and the new state
-    must be too: layers with state reduce over the batch axis.
+    must be too: layers with state reduce over the batch axis. A model
+    without state returns the state it was given.
     """
-    if not model.stateful:
-        return apply_batch(model, params, xs, key), state
     check_key(model.name, key, optional=True)
+    if not model.stateful:
+        if key is None or not model.stochastic:
+            if model.batch_polymorphic and all(jnp.ndim(a) >= 2 for a in jax.tree.leaves(xs)):
+                # The same numbers as vmap, traced in about half the time.
+                try:
+                    return model.call(params, (), xs)[0], state
+                except LaminaError:
+                    pass  # vmap raises it again, naming one example's shapes
+            return jax.vmap(lambda x: model.call(params, (), x)[0])(xs), state
+        keys = jax.random.split(key, batch_size(model.name, xs))
+        return jax.vmap(lambda x, k: model.call(params, (), x, key=k)[0])(xs, keys), state
 
     def one(x, k):
-        return model.apply(params, x, key=k, state=state, train=train)
+        return model.call(params, state, x, key=k, train=train)
 
-    if not model.stochastic:
-        key = None
-    keys = None if key is None else jax.random.split(key, jnp.shape(xs)[0])
+    per_example: Optional[jax.Array] = None
+    if key is not None and model.stochastic:
+        per_example = jax.random.split(key, batch_size(model.name, xs))
     try:
-        return jax.vmap(one, in_axes=(0, None if keys is None else 0),
-                        out_axes=(0, None), axis_name=BATCH_AXIS)(xs, keys)
+        return jax.vmap(one, in_axes=(0, None if per_example is None else 0),
+                        out_axes=(0, None), axis_name=BATCH_AXIS)(xs, per_example)
     except ValueError as error:
         if "out_axes" not in str(error):
             raise
@@ -128,44 +135,3 @@ def apply_batch_state(
             f"the new state differs from example to example; a layer with state must "
             f"reduce over the batch, e.g. jax.lax.pmean(value, {BATCH_AXIS!r}) ({error})",
         ) from None
-
-
-def trace(
-    model: Layer,
-    params: Params,
-    x: jax.typing.ArrayLike,
-    *,
-    key: Optional[jax.Array] = None,
-    state: Any = None,
-) -> list[TraceStep]:
-    """Forward propagation made visible: every layer's input and output, in order.
-
-    Args:
-      model: a `Layer`.
-      params: its params.
-      x: ONE example, shape `input_shape`.
-      key: optional PRNG key for stochastic layers.
-      state: the model's state, for a model with state (inference mode: the
-        running statistics are used).
-
-    Returns:
-      A list of `lm.TraceStep`, one per layer in the order they run: its path
-      (e.g. `"serial[1]"`), name, input, own params, for dense layers the
-      weighted sum `x @ W.T + b` before the activation, and output; and the
-      structure: the layer itself (`step.layer`), its activation's name
-      (`step.act`) and which steps fed it (`step.sources`, `-1` for the
-      model's input). Layers inside `residual`/`parallel` come first, then a
-      step for the combinator itself with its combined output. Works under
-      `jax.jit` too.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, lamina as lm
-      >>> model = lm.mlp([3, 2])
-      >>> _, params = model.init(jax.random.key(0), (4,))
-      >>> [(s.path, s.name) for s in lm.trace(model, params, jnp.ones(4))]
-      [('serial[0]', 'Dense(3, relu)'), ('serial[1]', 'Dense(2)')]
-      >>> [(s.act, s.sources, s.layer) for s in lm.trace(model, params, jnp.ones(4))]
-      [('relu', (-1,), Dense(3, act='relu')), (None, (0,), Dense(2))]
-    """
-    check_layer_type("trace", model)
-    return run(model, params, x, key, state)[1]

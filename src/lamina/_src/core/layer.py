@@ -1,30 +1,34 @@
-"""The `Layer` type and the checks every layer shares.
+"""The layer contract: the `Layer` protocol and the one signature every layer runs through.
 
 A layer is two pure functions and a name. `init(key, input_shape)` returns the
 shape of one output example and the parameters; `apply(params, x, *, key=None)`
-maps one example to one output. `trace(params, x, *, key=None)` returns the
-same output plus one `TraceStep` per layer that ran.
+maps one example to one output. Users write a layer as `Layer(init, apply,
+name)`.
 
-Users write a layer as `Layer(init, apply, name)`. lamina's own layers are
-subclasses that are frozen dataclasses of their configuration: equal
-configuration means equal, same hash (one compile), picklable, and a `repr`
-that reads as the call that builds them.
+Inside lamina every layer runs through one signature, `call(params, state,
+x, *, key, train) -> (y, state)`, with `()` as the state of a layer without
+any (as an optax transformation always returns its state). The public
+`apply`, `trace`, `lm.forward` and the train step are made from it.
+
+lamina's own layers derive from `Builtin`: frozen dataclasses of their
+configuration (equal configuration means equal, same hash, one compile),
+whose fields check themselves (`fields.py`), whose params are declared once
+(`spec.py`), and whose capabilities are derived from their children or
+declared and verified by `lm.testing.check_layer`, with safe defaults: a
+layer that may use a key gets one; a layer is vmapped unless it says it
+computes each example alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import numbers
-import reprlib
 from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from lamina._src.core.errors import join_path, layer_error
+from lamina._src.core import record
+from lamina._src.core.errors import child_context, join_path, layer_error
+from lamina._src.core.record import TraceStep
 
 Shape = tuple[int, ...]
 """The shape of ONE example, without a batch axis, e.g. `(784,)` or `(1, 8, 8)`."""
@@ -36,46 +40,14 @@ InitFn = Callable[[jax.Array, Shape], tuple[Any, Params]]
 ApplyFn = Callable[..., Any]
 
 
-class TraceStep(NamedTuple):
-    """One layer's part in a forward pass, as returned by `lm.trace`.
+class _Functions(NamedTuple):
+    """What a user gives `lm.Layer`: its functions and name."""
 
-    Attributes:
-      path: where the layer sits, e.g. `"serial[2]"` (`""` for the root).
-      index: the same place as a path into the params tree, e.g. `(2,)`.
-      name: the layer's name, e.g. `"Dense(10, relu)"`.
-      input: the example the layer received.
-      params: the layer's own parameters (`()` for none).
-      weighted_sum: for dense layers `x @ W.T + b` before the activation,
-        else `None`.
-      output: what the layer returned.
-      layer: the layer itself (a `Layer`), e.g. to read its configuration.
-      act: the name of the activation applied after the weighted sum, if any.
-      sources: the positions, in the list of steps, of the steps whose
-        outputs this layer received; `-1` is the model's input. `None`
-        means the step just before (a user layer that does not say).
-      values: other named values the layer computed on the way, e.g.
-        BatchNorm's `{"mean", "var", "normalized"}`; `None` for none.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, lamina as lm
-      >>> model = lm.mlp([4, 2])
-      >>> _, params = model.init(jax.random.key(0), (3,))
-      >>> step = lm.trace(model, params, jnp.ones(3))[0]
-      >>> step.path, step.name, step.act, step.weighted_sum.shape, step.layer == model.layers[0]
-      ('serial[0]', 'Dense(4, relu)', 'relu', (4,), True)
-    """
-
-    path: str
-    index: tuple[int, ...]
+    init: InitFn
+    apply: ApplyFn
     name: str
-    input: Any
-    params: Params
-    weighted_sum: Optional[jax.Array]
-    output: Any
-    layer: Optional["Layer"] = None
-    act: Optional[str] = None
-    sources: Optional[tuple[int, ...]] = None
-    values: Optional[dict[str, Any]] = None
+    trace: Optional[Callable]
+    init_state: Optional[Callable[[Shape], Any]]
 
 
 class Layer:
@@ -110,6 +82,9 @@ class Layer:
     """
 
     kind: ClassVar[str] = "layer"
+    init: InitFn  # a user's own functions, as given; lamina's layers define methods
+    apply: ApplyFn
+    _fns: _Functions
 
     def __init__(
         self,
@@ -131,13 +106,9 @@ class Layer:
             raise layer_error(
                 "Layer", f"name must be a str, got {type(name).__name__} {name!r}", TypeError
             )
+        object.__setattr__(self, "_fns", _Functions(init, apply, name, trace, init_state))
         object.__setattr__(self, "init", init)
         object.__setattr__(self, "apply", apply)
-        object.__setattr__(self, "name", name)
-        if trace is not None:  # shadows the one-step trace below
-            object.__setattr__(self, "trace", trace)
-        if init_state is not None:  # likewise: a layer with state
-            object.__setattr__(self, "init_state", init_state)
 
     def __setattr__(self, attr: str, value: Any) -> None:
         raise dataclasses.FrozenInstanceError(
@@ -145,8 +116,13 @@ class Layer:
         )
 
     def _key(self) -> tuple:
-        return (self.init, self.apply, self.name, self.__dict__.get("trace"),
-                self.__dict__.get("init_state"))
+        return tuple(self._fns)
+
+    @property
+    def name(self) -> str:
+        """A readable name used in errors, traces and summaries."""
+        return self._fns.name
+
 
     def __eq__(self, other: Any) -> bool:
         if type(other) is not type(self):
@@ -161,13 +137,12 @@ class Layer:
 
     def replace(self, **changes: Any) -> "Layer":
         """A copy with some configuration changed, e.g. `Dense(3).replace(act="relu")`."""
-        fields = dict(zip(("init", "apply", "name", "trace", "init_state"), self._key()))
-        return Layer(**{**fields, **changes})
+        return Layer(**{**self._fns._asdict(), **changes})
 
     @property
     def stateful(self) -> bool:
         """Whether the layer (or a layer inside it) has state, e.g. running statistics."""
-        return "init_state" in self.__dict__
+        return self._fns.init_state is not None
 
     @property
     def stochastic(self) -> bool:
@@ -187,23 +162,64 @@ class Layer:
         `lm.forward` and `lm.train_step` then apply such a model to the
         whole batch at once, which traces faster than `vmap`. A layer
         written as `lm.Layer(init, apply, name)` is always vmapped.
+        `lm.testing.check_layer` verifies the claim.
         """
         return False
 
     def init_state(self, input_shape: Shape) -> Any:
         """The layer's state for inputs of `input_shape`; `()` for a layer without."""
-        return ()
+        if self._fns.init_state is None:
+            return ()
+        return self._fns.init_state(input_shape)
+
+    def call(self, params: Params, state: Any, x: Any, *, key: Optional[jax.Array] = None,
+             train: bool = False) -> tuple[Any, Any]:
+        """`(y, new_state)`: the one signature every layer runs through inside lamina.
+
+        `state` is `()` for a layer without state, and comes back unchanged.
+        For a layer written as `lm.Layer(init, apply, name)`, this calls its
+        `apply` (with `state=` and `train=` when it has `init_state`).
+
+        Example:
+          >>> import jax, jax.numpy as jnp, lamina as lm
+          >>> layer = lm.Dense(2)
+          >>> _, params = layer.init(jax.random.key(0), (3,))
+          >>> y, state = layer.call(params, (), jnp.ones(3))
+          >>> y.shape, state
+          ((2,), ())
+        """
+        own_trace = self._fns.trace
+        if own_trace is not None and record.recording():
+            if self.stateful:
+                y, steps, new = own_trace(params, x, key=key, state=state, train=train)
+            else:
+                (y, steps), new = own_trace(params, x, key=key), state
+            record.add_steps(list(steps))
+            return y, new
+        if not self.stateful:
+            return self.apply(params, x, key=key), state
+        out = self.apply(params, x, key=key, state=state, train=train)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise layer_error(
+                self.name,
+                f"a layer with state must return (y, new_state) from apply, got "
+                f"{type(out).__name__}",
+                TypeError,
+            )
+        return out
 
     def trace(self, params: Params, x: Any, *, key: Optional[jax.Array] = None,
               state: Any = None, train: bool = False):
-        """`(y, steps)`, or `(y, steps, new_state)` for a layer with state."""
-        if not self.stateful:
-            y = self.apply(params, x, key=key)
-            return y, [TraceStep("", (), self.name, x, params, None, y, self)]
-        if state is None:
+        """`(y, steps)`, or `(y, steps, new_state)` when given `state`; see `lm.trace`."""
+        own = getattr(self, "_fns", None)
+        if own is not None and own.trace is not None:
+            if self.stateful:
+                return own.trace(params, x, key=key, state=state, train=train)
+            return own.trace(params, x, key=key)
+        if state is None and self.stateful:
             raise missing_state(self)
-        y, new = self.apply(params, x, key=key, state=state, train=train)
-        return y, [TraceStep("", (), self.name, x, params, None, y, self)], new
+        y, new, steps = record_call(self, params, () if state is None else state, x, key, train)
+        return (y, steps) if state is None else (y, steps, new)
 
     def flops(self, step: TraceStep) -> int:
         """Floating-point operations of one example through this layer (see `lm.summary`).
@@ -213,174 +229,42 @@ class Layer:
         """
         return 0
 
-
-# lamina's own layers: immutable values of their configuration, whose repr is
-# the call that builds them.
-frozen = functools.partial(dataclasses.dataclass, frozen=True, repr=False)
-
-
-class Builtin(Layer):
-    """Base of lamina's layers; subclasses are `@frozen` dataclasses."""
-
-    torch_names: ClassVar[dict[str, str]] = {}
-    """How PyTorch names this layer's params: lamina key -> torch state-dict name."""
-
-    torch_state_names: ClassVar[dict[str, str]] = {}
-    """Likewise for its state (torch's buffers), e.g. BatchNorm's running statistics."""
-
-    @property
-    def stochastic(self) -> bool:
-        return any(child.stochastic for _, child in children(self))
-
-    def torch_params(self, params: Params) -> dict[str, Any]:
-        """This layer's params as torch state-dict entries, named within the torch module.
-
-        Layers whose weights need more than a renaming (a fused torch weight,
-        a composite block) override this and `params_from_torch`.
-        """
-        return {self.torch_names[k]: v for k, v in params.items()}
-
-    def params_from_torch(self, tensors: Any, like: Params) -> Params:
-        """The inverse of `torch_params`: params shaped like `like` from torch entries."""
-        return {k: tensors[self.torch_names[k]] for k in like}
-
-    def __repr__(self) -> str:
-        parts = []
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-                parts.append(show(value))
-            elif not _same(value, field.default):
-                parts.append(f"{field.name}={show(value)}")
-        return f"{type(self).__name__}({', '.join(parts)})"
-
-    def config(self) -> dict[str, Any]:
-        """The configuration: every field by name, as the constructor takes it."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def child_segment(self, i: int) -> str:
-        """The path segment of child layer `i`, e.g. `"serial[2]"`.
-
-        `""` means the child has no place of its own: it shares this layer's
-        params and state (e.g. `with_dtype`'s model).
-        """
-        return f"{type(self).__name__}[{i}]"
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Builtin":
-        """Builds the layer from `config()`'s dict."""
-        return cls(**config)
-
-    def replace(self, **changes: Any) -> "Builtin":
-        """A copy with some configuration changed (model surgery in one line).
-
-        Example:
-          >>> import lamina as lm
-          >>> lm.Dense(3).replace(act="relu")
-          Dense(3, act='relu')
-          >>> model = lm.mlp([8, 2])
-          >>> model.replace(layers=model.layers[:1] + (lm.Dense(5),))
-          serial(Dense(8, act='relu'), Dense(5))
-        """
-        unknown = sorted(set(changes) - set(self.config()))
-        if unknown:
-            raise layer_error(
-                self.name,
-                f"replace() got unknown field(s) {unknown}; {type(self).__name__} has "
-                f"{sorted(self.config())}",
-                TypeError,
-            )
-        return type(self).from_config({**self.config(), **changes})
+    def _sublayers(self) -> tuple[tuple[str, "Layer"], ...]:
+        """`(path segment, child)` of the layers inside; a user's layer says of none."""
+        return ()
 
 
-class Wrapper(Builtin):
-    """Base of a layer around one `layer` (residual, stack, remat): its kind of layer is the child's.
+def record_call(layer: Layer, params: Params, state: Any, x: Any, key: Any = None,
+                train: bool = False) -> tuple[Any, Any, list[TraceStep]]:
+    """`(y, new_state, steps)`: `layer.call` with every layer inside it recorded."""
+    with record.frame() as frame:
+        y, new = layer.call(params, state, x, key=key, train=train)
+    steps = frame.steps or [TraceStep(
+        "", (), layer.name, x, params, frame.notes.get("weighted_sum"), y, layer,
+        frame.notes.get("act"), None, frame.notes.get("values"))]
+    return y, new, steps
 
-    Subclasses declare the dataclass field `layer`.
+
+def call_child(segment: str, index: Optional[int], child: Layer, params: Params, state: Any,
+               x: Any, key: Any = None, train: bool = False,
+               feed: Optional[int] = None) -> tuple[Any, Any]:
+    """`child.call(...)` as a part of the layer now running: the one way a layer runs another.
+
+    Errors from inside get `segment` (e.g. `"serial[2]"`) in their path.
+    While `lm.trace` records, the child's steps join the running layer's,
+    under `segment`, at params entry `index` (`None`: the child's params are
+    this layer's own), fed by the running layer's step `feed` (default: its
+    last step so far, or its input).
     """
-
-    layer: Layer
-
-    @property
-    def stateful(self) -> bool:
-        return self.layer.stateful
-
-    @property
-    def stochastic(self) -> bool:
-        return self.layer.stochastic
-
-    @property
-    def batch_polymorphic(self) -> bool:
-        return self.layer.batch_polymorphic
-
-
-def _same(value: Any, default: Any) -> bool:
-    try:
-        return bool(value == default) and type(value) is type(default) or (
-            isinstance(value, np.dtype) and value == np.dtype(default)
-        )
-    except TypeError:
-        return False
-
-
-def show(value: Any) -> str:
-    """A configuration value as it reads in a repr."""
-    if isinstance(value, np.dtype):
-        return repr(value.name)
-    if isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):
-        return ", ".join(map(repr, value))
-    if callable(value) and not isinstance(value, Layer) and hasattr(value, "__name__"):
-        return value.__name__
-    return repr(value)
-
-
-def as_dtype(name: str, arg: str, value: Any, optional: bool = False) -> Optional[np.dtype]:
-    """`value` as a floating-point `np.dtype`, or a TypeError naming the layer."""
-    if value is None and optional:
-        return None
-    try:
-        dtype = jnp.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise layer_error(
-            name,
-            f"{arg} must be a floating-point dtype such as jnp.float32 or jnp.bfloat16, "
-            f"got {value!r}",
-            TypeError,
-        )
-    return dtype
-
-
-def run(layer: Layer, params: Params, x: Any, key: Any = None, state: Any = None,
-        train: bool = False) -> tuple[Any, list[TraceStep], Any]:
-    """`(y, steps, new_state)` of any layer; a layer without state keeps `state`.
-
-    With `state=None` no state is threaded (and the new state is `None`); a
-    layer with state then raises, saying how to make its state.
-    """
-    if layer.stateful:
-        if state is None:
-            raise missing_state(layer)
-        return layer.trace(params, x, key=key, state=state, train=train)
-    y, steps = layer.trace(params, x, key=key)
-    return y, steps, state
-
-
-def run_apply(layer: Layer, params: Params, x: Any, key: Any = None, state: Any = None,
-              train: bool = False) -> tuple[Any, list, Any]:
-    """`run` through `layer.apply`: `(y, [], new_state)`, what a combinator's apply calls.
-
-    A combinator's `apply` and `trace` share one loop over the children, so
-    they cannot drift apart; `apply` calls each child's own `apply` (a
-    `stack` scans, a `remat` checkpoints), `trace` each child's `trace`.
-    """
-    if layer.stateful:
-        if state is None:
-            raise missing_state(layer)
-        y, new = layer.apply(params, x, key=key, state=state, train=train)
-        return y, [], new
-    return layer.apply(params, x, key=key), [], state
+    parent = record.parent_frame()
+    with child_context(segment, child):
+        if parent is None:
+            return child.call(params, state, x, key=key, train=train)
+        y, new, steps = record_call(child, params, state, x, key, train)
+    if feed is None:
+        feed = len(parent.steps) - 1 if parent.steps else -1
+    parent.steps.extend(record.nest(steps, segment, index, len(parent.steps), feed))
+    return y, new
 
 
 def abstract_init(layer: Layer, input_shape: Any, key: Any = None) -> tuple[Any, Params]:
@@ -421,39 +305,9 @@ def stateful_part(layer: Layer, path: str = "") -> tuple[str, Layer]:
     return path, layer
 
 
-def children(layer: Layer) -> list[tuple[str, Layer]]:
+def children(layer: Layer) -> tuple[tuple[str, Layer], ...]:
     """`(path segment, child)` for each layer a combinator holds, in order."""
-    if not isinstance(layer, Builtin):
-        return []
-    found = []
-    for value in layer.config().values():
-        items = value if isinstance(value, tuple) else (value,)
-        for item in items:
-            if isinstance(item, Layer):
-                found.append((layer.child_segment(len(found)), item))
-    return found
-
-
-def nest(steps: list[TraceStep], segment: str, i: Optional[int], offset: int,
-         feed: int) -> list[TraceStep]:
-    """A child's trace steps as steps of its parent.
-
-    The child sits at `segment` (e.g. `"serial[2]"`), entry `i` of the
-    parent's params (`None`: the parent's params are the child's own, sliced
-    for a `stack`); its steps are numbered from `offset` in the parent's
-    list, and its input came from the parent's step `feed` (`-1`: the
-    parent's own input).
-    """
-    out = []
-    for s in steps:
-        sources = None if s.sources is None else tuple(
-            feed if j < 0 else offset + j for j in s.sources
-        )
-        if sources is None and not out:
-            sources = (feed,)
-        index = s.index if i is None else (i,) + s.index
-        out.append(s._replace(path=join_path(segment, s.path), index=index, sources=sources))
-    return out
+    return layer._sublayers()
 
 
 def check_layer_type(
@@ -468,100 +322,3 @@ def check_layer_type(
     return model
 
 
-def check_input_shape(name: str, input_shape: Any, min_rank: int = 0) -> Shape:
-    """Returns `input_shape` as a tuple of ints, or raises naming the layer."""
-    if isinstance(input_shape, int) or not hasattr(input_shape, "__iter__"):
-        raise layer_error(
-            name,
-            f"input_shape must be a tuple of ints (the shape of one example, "
-            f"e.g. (784,)), got {input_shape!r}",
-            TypeError,
-        )
-    shape = tuple(input_shape)
-    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise layer_error(
-            name, f"input_shape must hold ints, got {input_shape!r}", TypeError
-        )
-    if any(d < 1 for d in shape):
-        raise layer_error(
-            name, f"input_shape dimensions must be >= 1, got {shape}"
-        )
-    if len(shape) < min_rank:
-        raise layer_error(
-            name,
-            f"expected an input_shape with at least {min_rank} dimension(s), "
-            f"got {shape}",
-        )
-    return shape
-
-
-def check_count(where: str, arg: str, value: Any, meaning: str = "") -> int:
-    """`value` as an int >= 1 (a size, a count), or an error naming the layer and `arg`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise layer_error(
-            where, f"{arg} must be an int{meaning}, got {type(value).__name__} {value!r}",
-            TypeError,
-        )
-    if value < 1:
-        raise layer_error(where, f"{arg} must be >= 1, got {value}")
-    return int(value)
-
-
-def check_key(name: str, key: Any, *, optional: bool = False) -> None:
-    """Raises a TypeError naming the layer unless `key` is a JAX PRNG key."""
-    if key is None and optional:
-        return
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return
-    # Raw uint32[2] keys from jax.random.PRNGKey are still common.
-    if dtype == jnp.uint32 and getattr(key, "shape", None) == (2,):
-        return
-    got = (
-        f"{type(key).__name__} {key!r}"
-        if dtype is None
-        else f"array of dtype {dtype} and shape {getattr(key, 'shape', '?')}"
-    )
-    raise layer_error(
-        name,
-        f"expected a PRNG key such as jax.random.key(0), got {got}",
-        TypeError,
-    )
-
-
-def check_float_input(name: str, x: Any) -> jax.Array:
-    """Returns `x` as an array, raising a TypeError unless it is floating."""
-    try:
-        x = jnp.asarray(x)
-    except TypeError as error:
-        raise layer_error(
-            name, f"expected a floating-point array, got {type(x).__name__} {reprlib.repr(x)}",
-            TypeError,
-        ) from error
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise layer_error(
-            name,
-            f"expected a floating-point input, got x of dtype {x.dtype} with "
-            f"shape {x.shape}; cast it first, e.g. x.astype(jnp.float32)",
-            TypeError,
-        )
-    return x
-
-
-def shape_of(tree: Any) -> Any:
-    """The shape of an array; a tuple or dict of shapes for a tuple or dict of arrays.
-
-    Anything else is named by its type, for messages.
-    """
-    if hasattr(tree, "shape"):
-        return tuple(tree.shape)
-    if isinstance(tree, (tuple, list)):
-        return tuple(shape_of(t) for t in tree)
-    if isinstance(tree, dict):
-        return {k: shape_of(v) for k, v in tree.items()}
-    return type(tree).__name__
-
-
-def size(shape: Shape) -> int:
-    """Number of elements in an array of `shape`."""
-    return math.prod(shape)

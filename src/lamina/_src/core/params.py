@@ -8,16 +8,8 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina._src.core.errors import transposed_hint
-from lamina._src.core.layer import (
-    Layer,
-    Params,
-    Shape,
-    abstract_init,
-    check_layer_type,
-    layer_error,
-    run,
-)
+from lamina._src.core.errors import layer_error, transposed_hint
+from lamina._src.core.layer import Layer, Params, Shape, abstract_init, check_layer_type, record_call
 
 
 def param_shapes(
@@ -166,6 +158,13 @@ def _first_difference(want: Any, got: Any, path: tuple) -> Optional[tuple[tuple,
     return None
 
 
+def example_struct(input_shape: Any, dtype: Any) -> Any:
+    """One example as `jax.ShapeDtypeStruct`s: a tuple of them for a tuple of shapes."""
+    if all(isinstance(d, int) for d in input_shape):
+        return jax.ShapeDtypeStruct(tuple(input_shape), dtype)
+    return tuple(example_struct(s, dtype) for s in input_shape)
+
+
 def abstract_trace(
     model: Layer, params: Params, input_shape: Shape, input_dtype: Any = jnp.float32,
     state: Any = None,
@@ -182,7 +181,7 @@ def abstract_trace(
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
     def run_abstract(params, x, state):
-        y, trace, _ = run(model, params, x, None, state)
+        y, _, trace = record_call(model, params, state, x)
         # Only shapes may leave: the values are tracers.
         steps.extend(
             s._replace(input=as_shapes(s.input), params=as_shapes(s.params),
@@ -192,10 +191,9 @@ def abstract_trace(
         )
         return y
 
-    if state is None and model.stateful:
-        state = jax.eval_shape(lambda: model.init_state(input_shape))
-    jax.eval_shape(run_abstract, params, jax.ShapeDtypeStruct(tuple(input_shape), input_dtype),
-                   state)
+    if state is None:
+        state = jax.eval_shape(lambda: model.init_state(input_shape)) if model.stateful else ()
+    jax.eval_shape(run_abstract, params, example_struct(input_shape, input_dtype), state)
     return steps
 
 

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.core.layer import Layer, Shape, check_layer_type, shape_of
+from lamina._src.core.checks import shape_of
+from lamina._src.core.layer import Layer, Shape, check_layer_type
 from lamina._src.core.params import abstract_trace, param_shapes
 
 

@@ -21,9 +21,11 @@ from typing import Any, Mapping, Union
 import jax
 import numpy as np
 
+from lamina._src.core.errors import layer_error
+from lamina._src.core.layer import Layer, Params, check_layer_type
+from lamina._src.core.record import TraceStep
+from lamina._src.inspection.trace import trace
 from lamina._src.io.files import write_atomically
-from lamina._src.core.forward import trace
-from lamina._src.core.layer import Layer, Params, TraceStep, check_layer_type, layer_error
 
 _DECIMALS = 4
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
@@ -153,7 +155,7 @@ def _tensor(value: Any) -> dict:
     a = np.asarray(value)
     # float64 holds every float32/bfloat16 value exactly: the page keeps full precision.
     flat = np.asarray(a, np.float64).ravel()
-    values = flat.tolist()
+    values: list = flat.tolist()
     if not np.isfinite(flat).all():
         # JSON has no NaN or Infinity; the page's script turns these strings back.
         values = [v if math.isfinite(v) else _NON_FINITE[str(v)] for v in values]
@@ -189,7 +191,7 @@ def _shape_text(t: dict) -> str:
 
 
 def _page(data: dict) -> str:
-    template = resources.files("lamina._src.inspection").joinpath("visualize_template.html").read_text("utf-8")
+    template = (resources.files("lamina._src.inspection") / "visualize_template.html").read_text("utf-8")
     steps = data["steps"]
     first, last = data["input"], (steps[-1]["output"] if steps else data["input"])
     parts = {

@@ -20,11 +20,12 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from lamina._src.core.errors import LaminaError, layer_error
+from lamina._src.core.layer import Layer, Params, check_layer_type
+from lamina._src.core.params import params_like, path_str
 from lamina._src.io import config
 from lamina._src.io.files import write_atomically
-from lamina._src.core.errors import LaminaError
-from lamina._src.core.layer import Layer, Params, check_layer_type, layer_error
-from lamina._src.core.params import params_like, path_str
+from lamina._src.version import __version__
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -97,8 +98,6 @@ def save(
     where = f"save({os.fspath(path)!r})"
     tensors: dict[str, np.ndarray] = {}
     tree = _describe(params, (), tensors, where)
-    from lamina import __version__  # lazily: lamina/__init__.py imports this module
-
     header = {_VERSION_KEY: __version__, _FORMAT_KEY: FORMAT, _TREE_KEY: json.dumps(tree)}
     if model is not None:
         check_layer_type(where, model)
@@ -239,7 +238,8 @@ def load_model(path: PathLike) -> tuple[Layer, Params]:
       >>> path = os.path.join(tempfile.mkdtemp(), "model.safetensors")
       >>> lm.save(path, params, model=model)
       >>> rebuilt, loaded = lm.load_model(path)
-      >>> rebuilt == model, bool((rebuilt.apply(loaded, jnp.ones(3)) == model.apply(params, jnp.ones(3))).all())
+      >>> same = rebuilt.apply(loaded, jnp.ones(3)) == model.apply(params, jnp.ones(3))
+      >>> rebuilt == model, bool(same.all())
       (True, True)
     """
     where = f"load_model({os.fspath(path)!r})"

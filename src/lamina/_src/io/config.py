@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from lamina._src.layers import initializers
+from lamina._src.core.builtin import Builtin
 from lamina._src.core.errors import join_path, layer_error
-from lamina._src.core.layer import Builtin, Layer
+from lamina._src.core.layer import Layer
+from lamina._src.layers import initializers
+from lamina._src.layers.registry import LAYERS
 
 FORMAT = 1
 
@@ -92,7 +94,7 @@ def _encode_field(owner: Builtin, field: str, value: Any, path: str, where: str)
     if isinstance(value, initializers.Initializer):
         return {"initializer": type(value).__name__,
                 "config": {f.name: _plain(getattr(value, f.name), refuse)
-                           for f in dataclasses.fields(value)}}
+                           for f in dataclasses.fields(value)}}  # type: ignore[arg-type]
     if isinstance(value, np.dtype):
         return {"dtype": value.name}
     if callable(value):
@@ -121,7 +123,8 @@ def _decode(node: Any, where: str) -> Any:
         return np.dtype(_dtype_name(node["dtype"], where))
     if set(node) == {"layer", "config"}:
         cls = _public(node["layer"], Builtin, where)
-        return cls.from_config({k: _decode(v, where) for k, v in node["config"].items()})
+        config = {k: _decode(v, where) for k, v in node["config"].items()}
+        return cls.from_config(config)  # type: ignore[attr-defined]
     if set(node) == {"initializer", "config"}:
         cls = _public(node["initializer"], initializers.Initializer, where)
         return cls(**node["config"])
@@ -129,10 +132,9 @@ def _decode(node: Any, where: str) -> Any:
 
 
 def _public(name: Any, base: type, where: str) -> type:
-    import lamina  # lamina's public names are the only ones a file may use
-
-    namespace = lamina if base is Builtin else lamina.initializers
-    cls = getattr(namespace, name, None) if isinstance(name, str) else None
+    # The registries' names are the only ones a file may use.
+    namespace = LAYERS if base is Builtin else initializers.INITIALIZERS
+    cls = namespace.get(name) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         what = "layer" if base is Builtin else "initializer"
         raise layer_error(

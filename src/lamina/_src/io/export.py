@@ -27,16 +27,10 @@ import jax.export  # noqa: F401 - jax < 0.7 does not load it with `import jax`
 import jax.numpy as jnp
 import numpy as np
 
+from lamina._src.core.checks import check_input_shape
+from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import apply_batch, apply_batch_state
-from lamina._src.core.layer import (
-    Layer,
-    Params,
-    Shape,
-    check_input_shape,
-    check_layer_type,
-    layer_error,
-    missing_state,
-)
+from lamina._src.core.layer import Layer, Params, Shape, check_layer_type, missing_state
 from lamina._src.core.params import check_params
 
 
@@ -172,5 +166,5 @@ def load_exported(data: Union[bytes, bytearray]) -> Callable[[jax.typing.ArrayLi
             xs = xs.astype(aval.dtype)
         return call(xs)
 
-    fn.exported = exported
+    fn.exported = exported  # type: ignore[attr-defined]
     return fn

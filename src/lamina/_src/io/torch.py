@@ -2,9 +2,10 @@
 
 lamina keeps PyTorch's layouts (`Dense` stores `W` as `(out, in)` like
 `nn.Linear`'s `weight`), so weights cross unchanged: no transposes. Each of
-lamina's layers says how torch names its params (`torch_names`, or
-`torch_params` for fused weights) and its state (`torch_state_names`, e.g.
-BatchNorm's `running_mean`).
+lamina's layers declares the torch name of every param and state array
+(`Param.torch`, e.g. BatchNorm's `running_mean`); a block that is one torch
+module with named submodules says which of its layers each is
+(`torch_children`).
 
 Layers are matched in order: the n-th lamina layer with weights takes the
 n-th torch module with weights, in state-dict order. Only order matters
@@ -27,10 +28,12 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from lamina._src.io.checkpoint import read_safetensors
-from lamina._src.core.errors import transposed_hint
-from lamina._src.core.layer import Builtin, Layer, Params, children, layer_error
+from lamina._src.core import spec
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.errors import layer_error, transposed_hint
+from lamina._src.core.layer import Layer, Params, children
 from lamina._src.core.params import param_shapes, path_str
+from lamina._src.io.checkpoint import read_safetensors
 from lamina._src.layers.stack import restack_tree, unrolled, unstack_tree
 
 
@@ -222,23 +225,39 @@ def _unit(path: tuple, name: str, names: Mapping[str, str], params: Mapping,
     return _Unit(path, name, tensors, where, build)
 
 
+def _torch_paths(layer: Any, params: Any) -> dict[str, tuple]:
+    """Torch local name -> the path of that array in the layer's params."""
+    out = {}
+    for module, child, place in layer.torch_children(params):
+        for local, path in _torch_paths(child, _at(params, place)).items():
+            out[f"{module}.{local}"] = place + path
+    for path, local in spec.torch_names(layer, layer.params_spec()).items():
+        out[local] = path
+    return out
+
+
+def _at(tree: Any, path: tuple) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
 def _layer_unit(layer: Builtin, path: tuple, params: Any, state: Any) -> _Unit:
-    """A lamina layer as a unit: it says its torch names (`torch_params`) itself."""
+    """A lamina layer as a unit: its declaration says its torch names."""
     tensors = dict(layer.torch_params(params))
-    named = {local: key for key, local in layer.torch_names.items()}
-    where = {local: path_str(path + ((named[local],) if local in named else ())) or "(root)"
-             for local in tensors}
-    for key, local in layer.torch_state_names.items():
-        tensors[local] = state[key]
-        where[local] = path_str(path + (key,))
+    where = {local: path_str(path + p) or "(root)" for local, p in _torch_paths(layer, params).items()}
+    state_names = spec.torch_names(layer, layer.state_spec())
+    for p, local in state_names.items():
+        tensors[local] = _at(state, p)
+        where[local] = path_str(path + p)
 
     def build(values):
-        own = {local: values[local] for local in layer.torch_state_names.values()}
+        own = {local: values[local] for local in state_names.values()}
         made = layer.params_from_torch({k: v for k, v in values.items() if k not in own},
                                        params)
-        if not layer.torch_state_names:
+        if not state_names:
             return made, None
-        return made, {key: own[local] for key, local in layer.torch_state_names.items()}
+        return made, {p[0]: own[local] for p, local in state_names.items()}
 
     return _Unit(path, type(layer).__name__, tensors, where, build)
 
@@ -271,8 +290,9 @@ def _model_units(model: Layer, params: Any, state: Any, where: str) -> list[_Uni
 
 
 def _has_torch_names(layer: Builtin) -> bool:
-    overridden = type(layer).torch_params is not Builtin.torch_params
-    return bool(layer.torch_names or layer.torch_state_names or overridden)
+    composite = type(layer).torch_children is not Builtin.torch_children
+    return bool(composite or spec.torch_names(layer, layer.params_spec())
+                or spec.torch_names(layer, layer.state_spec()))
 
 
 def _tree_units(params: Any, state: Any, where: str) -> list[_Unit]:

@@ -7,13 +7,14 @@ math of its own: every name maps to the function in `jax.nn` (or `jnp`).
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
+from lamina._src.core.builtin import Builtin
 from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import Builtin, check_input_shape, frozen
+from lamina._src.core.fields import Check
 
 ActivationLike = Union[str, Callable[[jax.Array], jax.Array], None]
 
@@ -102,6 +103,21 @@ def canonical_activation(act: ActivationLike, where: str) -> ActivationLike:
     return act
 
 
+def _checked(where: str, arg: str, act: Any) -> ActivationLike:
+    return canonical_activation(act, where)
+
+
+Act = Annotated[ActivationLike, Check(_checked)]
+"""A layer field holding an activation: checked, and stored by name when it is one of ours."""
+
+
+def act_name(act: ActivationLike) -> Optional[str]:
+    """How an activation reads in a layer's name and trace: its name, or the function's."""
+    if act is None or isinstance(act, str):
+        return act
+    return getattr(act, "__name__", repr(act))
+
+
 def activation_fn(act: ActivationLike) -> Callable[[jax.Array], jax.Array]:
     """The function of an activation already checked by `canonical_activation`."""
     if act is None:
@@ -109,7 +125,6 @@ def activation_fn(act: ActivationLike) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[act] if isinstance(act, str) else act
 
 
-@frozen
 class Activation(Builtin):
     """An element-wise activation as a layer, for use inside `lm.serial`.
 
@@ -127,10 +142,9 @@ class Activation(Builtin):
       Array([0., 2.], dtype=float32)
     """
 
-    act: ActivationLike
+    act: Act
 
-    def __post_init__(self):
-        object.__setattr__(self, "act", canonical_activation(self.act, "Activation"))
+    stochastic = False
 
     @property
     def batch_polymorphic(self) -> bool:
@@ -140,11 +154,8 @@ class Activation(Builtin):
     def name(self) -> str:
         return f"Activation({resolve_activation(self.act)[1]})"
 
-    def init(self, key, input_shape):
-        return check_input_shape(self.name, input_shape), ()
-
-    def apply(self, params, x, *, key=None):
-        return activation_fn(self.act)(x)
+    def forward(self, params, state, x, *, key, train):
+        return activation_fn(self.act)(x), state
 
 
 def Relu() -> Activation:

@@ -14,37 +14,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
-from typing import Any, Mapping
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-import numpy as np
 
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.checks import check_float_input
+from lamina._src.core.errors import BATCH_HINT, layer_error
+from lamina._src.core.fields import Check, Count, Flag, Positive
+from lamina._src.core.layer import call_child
+from lamina._src.core.spec import Param
 from lamina._src.layers import initializers
 from lamina._src.layers.combinators import residual, serial
-from lamina._src.layers.dense import BATCH_HINT, Dense, dense
-from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import (
-    Builtin,
-    Layer,
-    check_count,
-    check_float_input,
-    check_input_shape,
-    check_key,
-    frozen,
-)
-from lamina._src.layers.normalization import LayerNorm
-
-
-def _check_flag(owner: str, arg: str, value: Any) -> bool:
-    # isinstance, not `in (True, False)`: 1.0 == True would slip through.
-    if not isinstance(value, (bool, np.bool_)):
-        raise layer_error(
-            owner, f"{arg} must be True or False, got {type(value).__name__} {value!r}", TypeError
-        )
-    return bool(value)
+from lamina._src.layers.dense import Dense, dense
+from lamina._src.layers.norms import LayerNorm
 
 
 def _sequence_shape(name: str, shape: tuple, num_heads: int) -> tuple[int, int]:
@@ -66,7 +51,6 @@ def _sequence_shape(name: str, shape: tuple, num_heads: int) -> tuple[int, int]:
     return T, D
 
 
-@frozen
 class MultiHeadAttention(Builtin):
     """Multi-head scaled dot-product self-attention on one sequence `(T, D)`.
 
@@ -105,41 +89,45 @@ class MultiHeadAttention(Builtin):
       (5, 8)
     """
 
-    num_heads: int
+    num_heads: Count
     _: dataclasses.KW_ONLY
-    causal: bool = False
-    use_bias: bool = True
+    causal: Flag = False
+    use_bias: Flag = True
 
-    def __post_init__(self):
-        check_count("MultiHeadAttention", "num_heads", self.num_heads)
-        for flag in ("causal", "use_bias"):
-            value = _check_flag("MultiHeadAttention", flag, getattr(self, flag))
-            object.__setattr__(self, flag, value)
+    stochastic = False
 
-    @property
-    def name(self) -> str:
-        return repr(self)
+    def output_shape(self, input_shape):
+        _sequence_shape(self.name, input_shape, self.num_heads)
+        return input_shape
 
-    def init(self, key, input_shape):
-        check_key(self.name, key)
-        shape = check_input_shape(self.name, input_shape)
-        _, D = _sequence_shape(self.name, shape, self.num_heads)
-        qkv_key, out_key = jax.random.split(key)
+    def params_spec(self):
         # torch: xavier_uniform_ on in_proj_weight, out_proj is an nn.Linear
         # whose bias _reset_parameters then zeroes, as it does in_proj_bias.
-        params = {
-            "qkv": {"W": initializers.glorot_uniform()(qkv_key, (3 * D, D))},
-            "out": {"W": initializers.torch_linear()(out_key, (D, D))},
+        return {
+            "qkv": {
+                "W": Param(lambda s: (3 * s[-1], s[-1]), initializers.glorot_uniform(),
+                           "in_proj_weight", "(3D, D)", fits={1: -1}),
+                "b": Param(lambda s: (3 * s[-1],), initializers.zeros, "in_proj_bias", "(3D,)",
+                           flag="use_bias"),
+            },
+            "out": {
+                "W": Param(lambda s: (s[-1], s[-1]), initializers.torch_linear(),
+                           "out_proj.weight", "(D, D)", fits={0: -1, 1: -1}),
+                "b": Param(lambda s: (s[-1],), initializers.zeros, "out_proj.bias", "(D,)",
+                           flag="use_bias"),
+            },
         }
-        if self.use_bias:
-            params["qkv"]["b"] = jnp.zeros((3 * D,))
-            params["out"]["b"] = jnp.zeros((D,))
-        return shape, params
 
-    def apply(self, params, x, *, key=None):
+    def params_note(self, input_shape, key):
+        return f" for inputs with D={input_shape[-1]} features"
+
+    def check_input(self, x, params):
         x = check_float_input(self.name, x)
-        T, D = _sequence_shape(self.name, x.shape, self.num_heads)
-        self._check_params(params, D)
+        _sequence_shape(self.name, x.shape, self.num_heads)
+        return x
+
+    def forward(self, params, state, x, *, key, train):
+        T, D = x.shape
         n, h = self.num_heads, D // self.num_heads
         # Heads-major (n, T, h) and two dot_generals, the form XLA:CPU fuses
         # best (1.13x faster than jax.nn.dot_product_attention under vmap,
@@ -153,34 +141,7 @@ class MultiHeadAttention(Builtin):
             s = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s, jnp.finfo(wide).min)
         p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
         o = lax.dot_general(p, v, (((2,), (1,)), ((0,), (0,))))
-        return dense(params["out"], jnp.transpose(o, (1, 0, 2)).reshape(T, D))
-
-    def _check_params(self, params: Any, D: int) -> None:
-        layout = "{'qkv': {'W': (3D, D), 'b': (3D,)}, 'out': {'W': (D, D), 'b': (D,)}}"
-        want = {"qkv": (3 * D, D), "out": (D, D)}
-        if not isinstance(params, Mapping) or set(params) != set(want):
-            got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
-            raise layer_error(self.name, f"expected params {layout}, got {got}",
-                              ValueError if isinstance(params, Mapping) else TypeError)
-        for part, w_shape in want.items():
-            p = params[part]
-            keys = {"W", "b"} if self.use_bias else {"W"}
-            if not isinstance(p, Mapping) or set(p) != keys:
-                got = sorted(p) if isinstance(p, Mapping) else type(p).__name__
-                raise layer_error(
-                    self.name,
-                    f"expected params[{part!r}] with keys {sorted(keys)} (use_bias="
-                    f"{self.use_bias}), got {got}",
-                )
-            shapes = {"W": w_shape, "b": w_shape[:1]}
-            for name in sorted(keys):
-                got = tuple(jnp.shape(p[name]))
-                if got != shapes[name]:
-                    raise layer_error(
-                        self.name,
-                        f"expected params[{part!r}][{name!r}] of shape {shapes[name]} for "
-                        f"inputs with D={D} features, got {got}",
-                    )
+        return dense(params["out"], jnp.transpose(o, (1, 0, 2)).reshape(T, D)), state
 
     def flops(self, step):
         # Projections: a multiply-add per weight and position (3D outputs for
@@ -192,32 +153,6 @@ class MultiHeadAttention(Builtin):
         biases = 3 * D + D if "b" in step.params["qkv"] else 0
         projections = 2 * T * D * 3 * D + 2 * T * D * D + T * biases
         return projections + 2 * T * T * D + 2 * T * T * D
-
-    def torch_params(self, params):
-        names = {("qkv", "W"): "in_proj_weight", ("qkv", "b"): "in_proj_bias",
-                 ("out", "W"): "out_proj.weight", ("out", "b"): "out_proj.bias"}
-        return {torch: params[part][k] for (part, k), torch in names.items() if k in params[part]}
-
-    def params_from_torch(self, tensors, like):
-        names = {("qkv", "W"): "in_proj_weight", ("qkv", "b"): "in_proj_bias",
-                 ("out", "W"): "out_proj.weight", ("out", "b"): "out_proj.bias"}
-        params = {part: {} for part in like}
-        for (part, k), torch in names.items():
-            if k not in like[part]:
-                continue
-            if torch not in tensors:
-                raise layer_error(
-                    self.name,
-                    f"torch tensors lack {torch!r}; got {sorted(tensors)}",
-                )
-            want, got = tuple(jnp.shape(like[part][k])), tuple(jnp.shape(tensors[torch]))
-            if want != got:
-                raise layer_error(
-                    self.name,
-                    f"torch {torch!r} has shape {got}, but params[{part!r}][{k!r}] expects {want}",
-                )
-            params[part][k] = tensors[torch]
-        return params
 
 
 def _exact_gelu(x: jax.Array) -> jax.Array:
@@ -231,6 +166,20 @@ _exact_gelu.__name__ = "gelu_exact"
 # exact erf form, whereas lm.ACTIVATIONS["gelu"] (jax.nn.gelu) is tanh-approximated.
 _ENCODER_ACTS = {"relu": "relu", "gelu": _exact_gelu}
 
+
+def _encoder_act(where: str, arg: str, value: Any) -> str:
+    if not isinstance(value, str) or value not in _ENCODER_ACTS:
+        raise layer_error(
+            where,
+            f"act must be 'relu' or 'gelu' (torch's exact gelu), got {value!r}",
+            ValueError if isinstance(value, str) else TypeError,
+        )
+    return value
+
+
+EncoderAct = Annotated[str, Check(_encoder_act)]
+"""The feed-forward activation of a transformer layer: "relu" or "gelu" (exact, as torch's)."""
+
 # torch's module name -> where that module's params sit in the block's params
 # tree, for norm_first True and False (see _encoder_block), in torch's
 # state-dict order.
@@ -242,7 +191,6 @@ _TORCH_PLACES = {
 }
 
 
-@frozen
 class TransformerEncoderLayer(Builtin):
     """A transformer encoder block: self-attention, then a feed-forward network.
 
@@ -286,86 +234,51 @@ class TransformerEncoderLayer(Builtin):
       ['linear1.bias', 'linear1.weight']
     """
 
-    num_heads: int
-    ff_features: int
+    num_heads: Count
+    ff_features: Count
     _: dataclasses.KW_ONLY
-    act: str = "relu"
-    norm_first: bool = True
-    causal: bool = False
-    eps: float = 1e-5
+    act: EncoderAct = "relu"
+    norm_first: Flag = True
+    causal: Flag = False
+    eps: Positive = 1e-5
 
-    def __post_init__(self):
-        owner = "TransformerEncoderLayer"
-        check_count(owner, "num_heads", self.num_heads)
-        check_count(owner, "ff_features", self.ff_features)
-        if not isinstance(self.act, str) or self.act not in _ENCODER_ACTS:
-            raise layer_error(
-                owner,
-                f"act must be 'relu' or 'gelu' (torch's exact gelu), got {self.act!r}",
-                ValueError if isinstance(self.act, str) else TypeError,
-            )
-        for flag in ("norm_first", "causal"):
-            object.__setattr__(self, flag, _check_flag(owner, flag, getattr(self, flag)))
-        eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-            raise layer_error(owner, f"eps must be a number > 0, got {eps!r}", TypeError)
-        if not eps > 0:
-            raise layer_error(owner, f"eps must be > 0, got {eps!r}")
-        object.__setattr__(self, "eps", float(eps))
-
-    @property
-    def name(self) -> str:
-        return repr(self)
+    stochastic = False
 
     def block(self, features: int) -> serial:
         """The `lm.serial` this layer runs on inputs with `features` (D) features."""
         return _encoder_block(self, features)
 
+    def output_shape(self, input_shape):
+        _sequence_shape(self.name, input_shape, self.num_heads)
+        return input_shape
+
     def init(self, key, input_shape):
-        check_key(self.name, key)
-        shape = check_input_shape(self.name, input_shape)
-        _, D = _sequence_shape(self.name, shape, self.num_heads)
-        return self.block(D).init(key, shape)
+        shape = self.check_input_shape(input_shape)
+        self.output_shape(shape)
+        return self.block(shape[1]).init(key, shape)
 
-    def apply(self, params, x, *, key=None):
-        return self._block(x).apply(params, x, key=key)
-
-    def trace(self, params, x, *, key=None):
-        return self._block(x).trace(params, x, key=key)
-
-    def _block(self, x):
+    def check_input(self, x, params):
         x = check_float_input(self.name, x)
-        return self.block(_sequence_shape(self.name, x.shape, self.num_heads)[1])
+        _sequence_shape(self.name, x.shape, self.num_heads)
+        return x
 
-    def torch_params(self, params):
-        block = self.block(int(jnp.shape(_at(params, self._places["norm1"])["scale"])[0]))
-        out = {}
-        for module, place in self._places.items():
-            layer = _layer_at(block, place)
-            for name, value in layer.torch_params(_at(params, place)).items():
-                out[f"{module}.{name}"] = value
-        return out
+    def check_params(self, params, state, x):
+        pass  # the block's layers check their own, naming their paths
 
-    def params_from_torch(self, tensors, like):
-        block = self.block(int(jnp.shape(_at(like, self._places["norm1"])["scale"])[0]))
-        params = like
-        for module, place in self._places.items():
-            prefix = module + "."
-            own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            layer = _layer_at(block, place)
-            params = _replace_at(params, place, layer.params_from_torch(own, _at(like, place)))
-        return params
+    def forward(self, params, state, x, *, key, train):
+        return call_child("", None, self.block(x.shape[1]), params, state, x, key, train)
 
-    @property
-    def _places(self) -> dict[str, tuple[int, ...]]:
-        return _TORCH_PLACES[self.norm_first]
+    def torch_children(self, params):
+        places = _TORCH_PLACES[self.norm_first]
+        block = self.block(int(jnp.shape(_at(params, places["norm1"])["scale"])[0]))
+        return [(module, _layer_at(block, place), place) for module, place in places.items()]
 
 
 @functools.lru_cache(maxsize=256)
 def _encoder_block(layer: TransformerEncoderLayer, features: int) -> serial:
     # Cached: apply builds the block on every (traced) call.
     attn = MultiHeadAttention(layer.num_heads, causal=layer.causal)
-    ff = (Dense(layer.ff_features, _ENCODER_ACTS[layer.act]), Dense(features))
+    ff = (Dense(layer.ff_features, _ENCODER_ACTS[layer.act]), Dense(features))  # type: ignore[arg-type]
     if layer.norm_first:
         return serial(
             residual(serial(LayerNorm(layer.eps), attn)),
@@ -375,7 +288,7 @@ def _encoder_block(layer: TransformerEncoderLayer, features: int) -> serial:
                   LayerNorm(layer.eps))
 
 
-def _layer_at(layer: Layer, place: tuple[int, ...]) -> Layer:
+def _layer_at(layer: Any, place: tuple[int, ...]) -> Any:
     for i in place:
         layer = layer.layers[i] if hasattr(layer, "layers") else layer.layer
     return layer
@@ -387,8 +300,3 @@ def _at(params: Any, place: tuple[int, ...]) -> Any:
     return params
 
 
-def _replace_at(params: Any, place: tuple[int, ...], value: Any) -> Any:
-    if not place:
-        return value
-    i, rest = place[0], place[1:]
-    return tuple(_replace_at(p, rest, value) if j == i else p for j, p in enumerate(params))

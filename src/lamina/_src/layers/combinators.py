@@ -16,25 +16,14 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from lamina._src.core.builtin import Builtin, Child, Wrapper, check_tuple
+from lamina._src.core.checks import check_input_shape, check_key, size
+from lamina._src.core.errors import child_context, layer_error
+from lamina._src.core.fields import Int
+from lamina._src.core.layer import Layer, call_child, check_layer_type, output_shape
+from lamina._src.core.record import TraceStep, add_step, parent_frame
 from lamina._src.layers.activations import ActivationLike
 from lamina._src.layers.dense import Dense
-from lamina._src.core.errors import child_context, layer_error
-from lamina._src.core.layer import (
-    Builtin,
-    Layer,
-    TraceStep,
-    Wrapper,
-    check_input_shape,
-    check_layer_type,
-    check_key,
-    frozen,
-    missing_state,
-    nest,
-    output_shape,
-    run,
-    run_apply,
-    size,
-)
 
 
 def _check_layers(where: str, layers: Sequence[Any]) -> tuple[Layer, ...]:
@@ -43,19 +32,6 @@ def _check_layers(where: str, layers: Sequence[Any]) -> tuple[Layer, ...]:
     for i, layer in enumerate(layers):
         check_layer_type(where, layer, f"argument {i} must be a lamina Layer")
     return tuple(layers)
-
-
-def _check_child_params(where: str, params: Any, n: int, what: str = "params") -> None:
-    if not isinstance(params, (tuple, list)) or len(params) != n:
-        got = (
-            f"a {type(params).__name__} of length {len(params)}"
-            if isinstance(params, (tuple, list))
-            else type(params).__name__
-        )
-        raise layer_error(
-            where,
-            f"expected {what} as a tuple of {n} entries (one per layer), got {got}",
-        )
 
 
 def child_keys(where: str, key: Any, layers: Sequence[Layer]) -> list[Any]:
@@ -71,9 +47,8 @@ def child_keys(where: str, key: Any, layers: Sequence[Layer]) -> list[Any]:
     return [k if layer.stochastic else None for k, layer in zip(keys, layers)]
 
 
-@frozen(init=False)
-class _Combinator(Builtin):
-    """A layer over a tuple of layers, with `apply` its trace minus the steps."""
+class _Combinator(Builtin, init=False):
+    """A layer over a tuple of layers; its params and state are tuples, one entry per child."""
 
     layers: tuple[Layer, ...]
 
@@ -88,42 +63,23 @@ class _Combinator(Builtin):
     def name(self) -> str:  # cached: a deep model's name is long, and errors ask for it
         return f"{type(self).__name__}({', '.join(layer.name for layer in self.layers)})"
 
-    @functools.cached_property
-    def stateful(self) -> bool:
-        return any(layer.stateful for layer in self.layers)
+    def check_input_shape(self, input_shape):
+        return input_shape  # each child checks what it gets
 
-    @functools.cached_property
-    def stochastic(self) -> bool:
-        return any(layer.stochastic for layer in self.layers)
+    def _split(self, params: Any, state: Any) -> tuple[Any, list]:
+        """The children's params and states: a stateless combinator's state is `()`."""
+        n = len(self.layers)
+        check_tuple(self.name, params, n)
+        if not self.stateful:
+            return params, [()] * n
+        check_tuple(self.name, state, n, "state")
+        return params, list(state)
 
-    @functools.cached_property
-    def batch_polymorphic(self) -> bool:
-        return all(layer.batch_polymorphic for layer in self.layers)
-
-    def apply(self, params, x, *, key=None, state=None, train=False):
-        # The same loop as trace, through each child's apply.
-        out = self._forward(params, x, key, state, train, run_apply)
-        return out[0] if state is None else (out[0], out[2])
-
-    def trace(self, params, x, *, key=None, state=None, train=False):
-        return self._forward(params, x, key, state, train, run)
-
-    def _states(self, state):
-        """One state per child (`None` each when no state is threaded)."""
-        if state is None:
-            if self.stateful:
-                raise missing_state(self)
-            return [None] * len(self.layers)
-        _check_child_params(self.name, state, len(self.layers), "state")
-        return list(state)
-
-    @staticmethod
-    def _done(y, steps, states, state):
-        return (y, steps) if state is None else (y, steps, tuple(states))
+    def _joined(self, states: list) -> Any:
+        return tuple(states) if self.stateful else ()
 
 
-@frozen(init=False)
-class serial(_Combinator):
+class serial(_Combinator, init=False):
     """Composes layers: the output of each is the input of the next.
 
     Args:
@@ -150,6 +106,8 @@ class serial(_Combinator):
         return shape, tuple(params)
 
     def init_state(self, input_shape):
+        if not self.stateful:
+            return ()
         shape, states = input_shape, []
         for i, layer in enumerate(self.layers):
             with child_context(self.child_segment(i), layer):
@@ -158,22 +116,16 @@ class serial(_Combinator):
                     shape = output_shape(layer, shape)
         return tuple(states)
 
-    def _forward(self, params, x, key, state, train, run):
-        _check_child_params(self.name, params, len(self.layers))
-        states = self._states(state)
-        steps: list[TraceStep] = []
-        feed = -1
+    def forward(self, params, state, x, *, key, train):
+        params, states = self._split(params, state)
         keys = child_keys(self.name, key, self.layers)
-        for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
-            with child_context(self.child_segment(i), layer):
-                x, child_steps, states[i] = run(layer, p, x, k, states[i], train)
-            steps += nest(child_steps, self.child_segment(i), i, len(steps), feed)
-            feed = len(steps) - 1 if steps else feed
-        return self._done(x, steps, states, state)
+        for i, layer in enumerate(self.layers):
+            x, states[i] = call_child(self.child_segment(i), i, layer, params[i], states[i], x,
+                                      keys[i], train)
+        return x, self._joined(states)
 
 
-@frozen(init=False)
-class parallel(_Combinator):
+class parallel(_Combinator, init=False):
     """Feeds the same input to every layer; the output is a tuple of their outputs.
 
     Follow it with `lm.Concat()` to join the branches into one array.
@@ -207,30 +159,35 @@ class parallel(_Combinator):
         return tuple(shapes), tuple(params)
 
     def init_state(self, input_shape):
+        if not self.stateful:
+            return ()
         states = []
         for i, layer in enumerate(self.layers):
             with child_context(self.child_segment(i), layer):
                 states.append(layer.init_state(input_shape) if layer.stateful else ())
         return tuple(states)
 
-    def _forward(self, params, x, key, state, train, run):
-        _check_child_params(self.name, params, len(self.layers))
-        states = self._states(state)
-        outs, steps, ends = [], [], []
+    def forward(self, params, state, x, *, key, train):
+        params, states = self._split(params, state)
         keys = child_keys(self.name, key, self.layers)
-        for i, (layer, p, k) in enumerate(zip(self.layers, params, keys)):
-            with child_context(self.child_segment(i), layer):
-                y, child_steps, states[i] = run(layer, p, x, k, states[i], train)
+        outs, ends = [], []
+        for i, layer in enumerate(self.layers):
+            y, states[i] = call_child(self.child_segment(i), i, layer, params[i], states[i], x,
+                                      keys[i], train, feed=-1)
             outs.append(y)
-            steps += nest(child_steps, self.child_segment(i), i, len(steps), -1)
-            ends.append(len(steps) - 1)
+            ends.append(_last_step())
         y = tuple(outs)
         # Its own step shows the tuple it made, so no value is hidden.
-        steps.append(TraceStep("", (), self.name, x, params, None, y, self, None, tuple(ends)))
-        return self._done(y, steps, states, state)
+        add_step(TraceStep("", (), self.name, x, params, None, y, self, None, tuple(ends)))
+        return y, self._joined(states)
 
 
-@frozen
+def _last_step() -> int:
+    """The number of the running layer's last recorded step (-1 when not recording)."""
+    frame = parent_frame()
+    return -1 if frame is None else len(frame.steps) - 1
+
+
 class residual(Wrapper):
     """A skip connection: `x + layer(x)`; the layer must keep the input's shape.
 
@@ -251,12 +208,10 @@ class residual(Wrapper):
       True
     """
 
-    layer: Layer
+    layer: Child
 
     kind = "residual"
-
-    def __post_init__(self):
-        _check_layers("residual", (self.layer,))
+    shares = False
 
     @functools.cached_property
     def name(self) -> str:
@@ -265,42 +220,20 @@ class residual(Wrapper):
     def init(self, key, input_shape):
         check_key(self.name, key)
         shape = check_input_shape(self.name, input_shape)
-        with child_context(self.child_segment(0), self.layer):
-            out_shape, p = self.layer.init(key, shape)
+        out_shape, params = super().init(key, shape)
         if tuple(out_shape) != shape:
             raise layer_error(
                 self.name,
                 f"x + f(x) needs f to keep the shape, but the wrapped layer maps "
                 f"{shape} to {tuple(out_shape)}",
             )
-        return shape, (p,)
+        return shape, params
 
-    def init_state(self, input_shape):
-        with child_context(self.child_segment(0), self.layer):
-            return (self.layer.init_state(input_shape),)
-
-    def apply(self, params, x, *, key=None, state=None, train=False):
-        out = self._forward(params, x, key, state, train, run_apply)
-        return out[0] if state is None else (out[0], out[2])
-
-    def trace(self, params, x, *, key=None, state=None, train=False):
-        return self._forward(params, x, key, state, train, run)
-
-    def _forward(self, params, x, key, state, train, run):
-        _check_child_params(self.name, params, 1)
-        check_key(self.name, key, optional=True)
-        if state is None and self.stateful:
-            raise missing_state(self)
-        if state is not None:
-            _check_child_params(self.name, state, 1, "state")
-        with child_context(self.child_segment(0), self.layer):
-            fx, child_steps, inner = run(self.layer, params[0], x, key,
-                                         None if state is None else state[0], train)
+    def forward(self, params, state, x, *, key, train):
+        fx, new = self.call_inner(params, state, x, key, train)
         y = x + fx
-        steps = nest(child_steps, self.child_segment(0), 0, 0, -1)
-        steps.append(TraceStep("", (), self.name, x, params, None, y, self, None,
-                               (-1, len(steps) - 1)))
-        return (y, steps) if state is None else (y, steps, (inner,))
+        add_step(TraceStep("", (), self.name, x, params, None, y, self, None, (-1, _last_step())))
+        return y, new
 
     def flops(self, step):
         return size(step.output.shape)  # the sum
@@ -343,7 +276,6 @@ def mlp(
     return serial(*(Dense(f, act) for f in hidden), Dense(last, final_act))
 
 
-@frozen
 class Concat(Builtin):
     """Joins a tuple of arrays (e.g. the output of `lm.parallel`) along `axis`.
 
@@ -358,20 +290,15 @@ class Concat(Builtin):
       ((5,), (5,))
     """
 
-    axis: int = -1
+    axis: Int = -1
 
-    def __post_init__(self):
-        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
-            raise layer_error(
-                "Concat", f"axis must be an int, got {type(self.axis).__name__} {self.axis!r}",
-                TypeError,
-            )
+    stochastic = False
 
     @property
     def name(self) -> str:
         return f"Concat(axis={self.axis})"
 
-    def init(self, key, input_shape):
+    def check_input_shape(self, input_shape):
         if not isinstance(input_shape, tuple) or not all(
             isinstance(s, tuple) for s in input_shape
         ):
@@ -380,14 +307,16 @@ class Concat(Builtin):
                 f"expects a tuple of inputs (e.g. from lm.parallel), got input "
                 f"shape {input_shape!r}",
             )
-        shapes = [check_input_shape(self.name, s, min_rank=1) for s in input_shape]
-        _check_joinable(self.name, shapes, self.axis)
-        ax = self.axis % len(shapes[0])
-        out = list(shapes[0])
-        out[ax] = sum(s[ax] for s in shapes)
-        return tuple(out), ()
+        return tuple(check_input_shape(self.name, s, min_rank=1) for s in input_shape)
 
-    def apply(self, params, xs, *, key=None):
+    def output_shape(self, input_shape):
+        _check_joinable(self.name, input_shape, self.axis)
+        ax = self.axis % len(input_shape[0])
+        out = list(input_shape[0])
+        out[ax] = sum(s[ax] for s in input_shape)
+        return tuple(out)
+
+    def check_input(self, xs, params):
         if not isinstance(xs, (tuple, list)):
             raise layer_error(
                 self.name, f"expects a tuple of arrays, got {type(xs).__name__}", TypeError
@@ -395,7 +324,10 @@ class Concat(Builtin):
         # The same check as init, at trace time: jnp.concatenate's own message
         # does not say which layer.
         _check_joinable(self.name, [jnp.shape(x) for x in xs], self.axis)
-        return jnp.concatenate(xs, axis=self.axis)
+        return xs
+
+    def forward(self, params, state, xs, *, key, train):
+        return jnp.concatenate(xs, axis=self.axis), state
 
 
 def _check_joinable(name: str, shapes: Sequence[tuple[int, ...]], axis: int) -> None:

@@ -18,32 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.checks import check_float_input, size
+from lamina._src.core.errors import BATCH_HINT, layer_error
+from lamina._src.core.fields import Check, Count, Flag, Init
+from lamina._src.core.layer import Shape
+from lamina._src.core.record import note
+from lamina._src.core.spec import Param, depends_on_input
 from lamina._src.layers import initializers
-from lamina._src.layers.activations import (
-    ActivationLike,
-    activation_fn,
-    canonical_activation,
-    resolve_activation,
-)
-from lamina._src.layers.dense import BATCH_HINT
-from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import (
-    Builtin,
-    Shape,
-    TraceStep,
-    check_count,
-    check_float_input,
-    check_input_shape,
-    check_key,
-    frozen,
-    size,
-)
+from lamina._src.layers.activations import Act, ActivationLike, act_name, activation_fn
 
 IntOrTuple = Union[int, tuple[int, ...]]
 """A per-axis setting: one int for every spatial axis, or one int per axis."""
@@ -87,6 +76,43 @@ def int_or_tuple(where: str, arg: str, value: Any, minimum: int) -> IntOrTuple:
     return one(value)
 
 
+def _optional(where: str, arg: str, value: Any, minimum: int) -> Optional[IntOrTuple]:
+    return None if value is None else int_or_tuple(where, arg, value, minimum)
+
+
+def _conv_padding(where: str, arg: str, value: Any) -> Union[IntOrTuple, str]:
+    if isinstance(value, str):
+        if value not in ("same", "valid"):
+            raise layer_error(
+                where,
+                f"padding must be an int, a tuple of ints, 'same' or 'valid', got {value!r}",
+            )
+        return value
+    return int_or_tuple(where, arg, value, 0)
+
+
+def _transpose_padding(where: str, arg: str, value: Any) -> IntOrTuple:
+    if isinstance(value, str):
+        raise layer_error(
+            where,
+            f"padding must be an int or a tuple of ints, got {value!r} "
+            f"(torch.nn.ConvTransposeNd takes no padding strings)",
+        )
+    return int_or_tuple(where, arg, value, 0)
+
+
+Window = Annotated[IntOrTuple, Check(int_or_tuple, 1)]
+"""A kernel, window, stride or dilation: an int >= 1 or one per spatial axis."""
+OptionalWindow = Annotated[Optional[IntOrTuple], Check(_optional, 1)]
+"""Like `Window`, or None for the layer's default."""
+Padding = Annotated[IntOrTuple, Check(int_or_tuple, 0)]
+"""Padding or output padding: an int >= 0 or one per spatial axis."""
+ConvPadding = Annotated[Union[IntOrTuple, str], Check(_conv_padding)]
+"""`Conv`'s padding: a `Padding`, "same" or "valid"."""
+TransposePadding = Annotated[IntOrTuple, Check(_transpose_padding)]
+"""`ConvTranspose`'s padding: a `Padding` (torch takes no strings there)."""
+
+
 def spatial_rank(where: str, **args: Any) -> Optional[int]:
     """The number of spatial axes the tuple-valued `args` fix (`None`: all ints).
 
@@ -115,8 +141,8 @@ def check_example(where: str, shape: Shape, rank: Optional[int], what: str) -> i
     ranks = (1, 2, 3) if rank is None else (rank,)
     n = len(shape) - 1
     if n not in ranks:
-        wanted = [EXAMPLE_SHAPES[r] for r in ranks]
-        wanted = wanted[0] if len(wanted) == 1 else f"{', '.join(wanted[:-1])} or {wanted[-1]}"
+        shapes = [EXAMPLE_SHAPES[r] for r in ranks]
+        wanted = shapes[0] if len(shapes) == 1 else f"{', '.join(shapes[:-1])} or {shapes[-1]}"
         hint = f"\n{BATCH_HINT}" if n - 1 in ranks else ""
         raise layer_error(
             where,
@@ -137,54 +163,35 @@ def check_output_size(where: str, shape: Shape, out: tuple[int, ...], reason: st
 
 
 class _Conv(Builtin):
-    """What `Conv` and `ConvTranspose` share; subclasses are `@frozen` dataclasses."""
+    """What `Conv` and `ConvTranspose` share; subclasses are dataclasses with the same fields."""
+
+    if TYPE_CHECKING:  # the fields both declare, for type checkers of the methods here
+        out_channels: int
+        kernel_size: IntOrTuple
+        _: dataclasses.KW_ONLY
+        stride: IntOrTuple
+        padding: Union[IntOrTuple, str]
+        dilation: IntOrTuple
+        groups: int
+        act: ActivationLike
+        use_bias: bool
 
     transposed = False
-    torch_names = {"W": "weight", "b": "bias"}  # torch.nn.ConvNd, ConvTransposeNd
+    stochastic = False
 
-    def _check_config(self, tuple_args: dict[str, Any]) -> None:
-        out = check_count(type(self).__name__, "out_channels", self.out_channels)
-        object.__setattr__(self, "out_channels", out)
-        where = f"{type(self).__name__}({out})"
-        for arg, minimum in tuple_args.items():
-            value = getattr(self, arg)
-            if arg == "padding" and isinstance(value, str):
-                if value not in ("same", "valid"):
-                    raise layer_error(
-                        where,
-                        f"padding must be an int, a tuple of ints, 'same' or 'valid', "
-                        f"got {value!r}",
-                    )
-                continue
-            object.__setattr__(self, arg, int_or_tuple(where, arg, value, minimum))
-        spatial_rank(where, **{arg: getattr(self, arg) for arg in tuple_args})
-        groups = check_count(where, "groups", self.groups)
-        object.__setattr__(self, "groups", groups)
-        if out % groups:
+    def check_config(self):
+        where = f"{type(self).__name__}({self.out_channels})"
+        tuples = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if isinstance(getattr(self, f.name), tuple)}
+        spatial_rank(where, **tuples)
+        if self.out_channels % self.groups:
             raise layer_error(
-                where, f"out_channels={out} must be divisible by groups={groups}"
+                where, f"out_channels={self.out_channels} must be divisible by groups={self.groups}"
             )
-        object.__setattr__(self, "act", canonical_activation(self.act, where))
-        if self.use_bias not in (True, False):
-            raise layer_error(
-                where,
-                f"use_bias must be True or False, got {type(self.use_bias).__name__} "
-                f"{self.use_bias!r}",
-                TypeError,
-            )
-        for arg in ("w_init", "b_init"):
-            value = getattr(self, arg)
-            if value is not None and not callable(value):
-                raise layer_error(
-                    where,
-                    f"{arg} must be an initializer (key, shape, dtype) -> array, got "
-                    f"{type(value).__name__} {value!r}",
-                    TypeError,
-                )
 
     @property
     def name(self) -> str:
-        act = resolve_activation(self.act)[1]
+        act = act_name(self.act)
         parts = [str(self.out_channels), str(self.kernel_size)] + ([act] if act else [])
         return f"{type(self).__name__}({', '.join(parts)})"
 
@@ -200,6 +207,10 @@ class _Conv(Builtin):
             return (in_channels, self.out_channels // self.groups) + kernel
         return (self.out_channels, in_channels // self.groups) + kernel
 
+    @property
+    def _layout(self) -> str:
+        return "(in, out // groups, *kernel)" if self.transposed else "(out, in // groups, *kernel)"
+
     def _check_channels(self, shape: Shape, what: str) -> None:
         if shape[0] % self.groups:
             raise layer_error(
@@ -208,48 +219,33 @@ class _Conv(Builtin):
                 f"groups={self.groups}",
             )
 
-    def init(self, key, input_shape):
-        check_key(self.name, key)
-        shape = check_input_shape(self.name, input_shape)
-        n = check_example(self.name, shape, self._rank(), "input_shape")
-        self._check_channels(shape, "input_shape")
-        out_shape = (self.out_channels,) + self._output_spatial(shape, n)
-        w_shape = self._w_shape(shape[0], n)
+    def output_shape(self, input_shape):
+        n = check_example(self.name, input_shape, self._rank(), "input_shape")
+        self._check_channels(input_shape, "input_shape")
+        return (self.out_channels,) + self._output_spatial(input_shape, n)
+
+    def params_spec(self):
+        def w_shape(s):
+            return self._w_shape(s[0], len(s) - 1)
+
         # torch reads fan_in from weight axis 1 in both layouts, so a
         # transposed convolution's fan_in counts its output channels.
-        fan_in = size(w_shape[1:])
-        w_key, b_key = jax.random.split(key)
-        w_init = self.w_init or initializers.torch_linear()
-        params = {"W": initializers.init_weight(w_init, w_key, w_shape, jnp.float32)}
-        if self.use_bias:
-            b_init = self.b_init or initializers.torch_bias(fan_in)
-            params["b"] = initializers.init_weight(
-                b_init, b_key, (self.out_channels,), jnp.float32
-            )
-        return out_shape, params
+        default_b = depends_on_input(lambda s: initializers.torch_bias(size(w_shape(s)[1:])))
+        return {  # torch.nn.ConvNd / ConvTransposeNd's weight and bias
+            "W": Param(w_shape, self.w_init or initializers.torch_linear(), "weight",
+                       self._layout),
+            "b": Param(lambda s: (self.out_channels,), self.b_init or default_b, "bias",
+                       "(out,)", flag="use_bias"),
+        }
 
-    def _checked(self, params: Any, x: Any) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
-        """`(x, W, b)` after the layer's checks, in one dtype (`b` is None without bias)."""
+    def params_note(self, input_shape, key):
+        return f" {self._layout} for x of shape {input_shape}" if key == "W" else ""
+
+    def check_input(self, x, params):
+        """`x` checked against the layer and, for a friendlier message, against `W`'s channels."""
         where = self.name
         x = check_float_input(where, x)
-        layout = (
-            "(in, out // groups, *kernel)" if self.transposed else "(out, in // groups, *kernel)"
-        )
-        if not isinstance(params, Mapping) or "W" not in params:
-            got = (
-                f"a dict with keys {sorted(params)}"
-                if isinstance(params, Mapping)
-                else type(params).__name__
-            )
-            raise layer_error(
-                where,
-                f"expected params {{'W': {layout}, 'b': (out,)}}, got {got}",
-                ValueError if isinstance(params, Mapping) else TypeError,
-            )
-        extra = sorted(set(params) - {"W", "b"})
-        if extra:
-            raise layer_error(where, f"unexpected params keys {extra}; expected 'W' and 'b'")
-        W = params["W"]
+        W = params.get("W") if isinstance(params, Mapping) else None
         w_shape = tuple(getattr(W, "shape", ()))
         rank = self._rank()
         if rank is None and len(w_shape) - 2 in (1, 2, 3):
@@ -257,61 +253,31 @@ class _Conv(Builtin):
         n = check_example(where, x.shape, rank, "x with shape")
         self._check_channels(x.shape, "x with shape")
         want = self._w_shape(x.shape[0], n)
-        if w_shape != want:
-            channels = 0 if self.transposed else 1
-            if (
-                len(w_shape) == len(want)
+        channels = 0 if self.transposed else 1
+        if (W is not None and w_shape != want and len(w_shape) == len(want)
                 and w_shape[:channels] + w_shape[channels + 1:]
-                == want[:channels] + want[channels + 1:]
-            ):
-                per_group = w_shape[channels] * (self.groups if channels else 1)
-                raise layer_error(
-                    where,
-                    f"expected input with {per_group} channels (W has shape {w_shape}, "
-                    f"layout {layout}, groups={self.groups}), got x with shape {x.shape}",
-                )
-            raise layer_error(
-                where, f"expected W of shape {want} {layout} for x of shape {x.shape}, "
-                f"got {w_shape}",
-            )
-        has_b = "b" in params
-        if has_b != self.use_bias:
+                == want[:channels] + want[channels + 1:]):
+            per_group = w_shape[channels] * (self.groups if channels else 1)
             raise layer_error(
                 where,
-                "params hold a bias 'b' but the layer was built with use_bias=False"
-                if has_b
-                else "params have no bias 'b' but the layer was built with use_bias=True",
+                f"expected input with {per_group} channels (W has shape {w_shape}, "
+                f"layout {self._layout}, groups={self.groups}), got x with shape {x.shape}",
             )
-        b = params.get("b")
-        if has_b and tuple(getattr(b, "shape", ())) != (self.out_channels,):
-            raise layer_error(
-                where,
-                f"expected b of shape ({self.out_channels},), got {tuple(getattr(b, 'shape', ()))}",
-            )
-        dtype = jnp.result_type(x, W, *([b] if has_b else []))
-        return x.astype(dtype), W.astype(dtype), (b.astype(dtype) if has_b else None)
-
-    def weighted_sum(self, params, x):
-        """The convolution plus the bias, before the activation, after the layer's checks."""
-        x, W, b = self._checked(params, x)
-        n = x.ndim - 1
         self._output_spatial(x.shape, n)
+        return x
+
+    def forward(self, params, state, x, *, key, train):
+        W, b = params["W"], params.get("b")
+        dtype = jnp.result_type(x, W, *([b] if b is not None else []))
+        x, W = x.astype(dtype), W.astype(dtype)
+        n = x.ndim - 1
         z = self._convolve(x[None], W, n)[0]
         if b is not None:
-            z = z + jnp.reshape(b, (-1,) + (1,) * n)
-        return z
-
-    def apply(self, params, x, *, key=None):
-        return activation_fn(self.act)(self.weighted_sum(params, x))
-
-    def trace(self, params, x, *, key=None):
-        z = self.weighted_sum(params, x)
-        y = activation_fn(self.act)(z)
-        act = resolve_activation(self.act)[1]
-        return y, [TraceStep("", (), self.name, x, params, z, y, self, act)]
+            z = z + jnp.reshape(b.astype(dtype), (-1,) + (1,) * n)
+        note(weighted_sum=z, act=act_name(self.act))
+        return activation_fn(self.act)(z), state
 
 
-@frozen
 class Conv(_Conv):
     """A 1-, 2- or 3-D convolution, as `torch.nn.Conv1d`/`Conv2d`/`Conv3d`.
 
@@ -358,20 +324,20 @@ class Conv(_Conv):
       Conv(8, (3, 3), stride=2)
     """
 
-    out_channels: int
-    kernel_size: IntOrTuple
+    out_channels: Count
+    kernel_size: Window
     _: dataclasses.KW_ONLY
-    stride: IntOrTuple = 1
-    padding: Union[IntOrTuple, str] = 0
-    dilation: IntOrTuple = 1
-    groups: int = 1
-    act: ActivationLike = None
-    use_bias: bool = True
-    w_init: Optional[Callable[..., jax.Array]] = None
-    b_init: Optional[Callable[..., jax.Array]] = None
+    stride: Window = 1
+    padding: ConvPadding = 0
+    dilation: Window = 1
+    groups: Count = 1
+    act: Act = None
+    use_bias: Flag = True
+    w_init: Init = None
+    b_init: Init = None
 
-    def __post_init__(self):
-        self._check_config({"kernel_size": 1, "stride": 1, "padding": 0, "dilation": 1})
+    def check_config(self):
+        super().check_config()
         if self.padding == "same" and any(s != 1 for s in per_axis(self.stride, 1)):
             raise layer_error(
                 self.name,
@@ -388,7 +354,7 @@ class Conv(_Conv):
                 total = d * (k - 1)
                 pads.append((total // 2, total - total // 2))  # torch: odd one on the right
             return pads
-        return [(p, p) for p in per_axis(self.padding, n)]
+        return [(p, p) for p in per_axis(self.padding, n)]  # type: ignore[arg-type]  # not a str here
 
     def _output_spatial(self, shape: Shape, n: int) -> tuple[int, ...]:
         out = tuple(
@@ -423,7 +389,6 @@ class Conv(_Conv):
         return 2 * positions * W.shape[0] * size(W.shape[1:]) + bias
 
 
-@frozen
 class ConvTranspose(_Conv):
     """A 1-, 2- or 3-D transposed convolution, as `torch.nn.ConvTranspose1d/2d/3d`.
 
@@ -468,30 +433,23 @@ class ConvTranspose(_Conv):
       ((4, 32, 32), (8, 4, 2, 2))
     """
 
-    out_channels: int
-    kernel_size: IntOrTuple
+    out_channels: Count
+    kernel_size: Window
     _: dataclasses.KW_ONLY
-    stride: IntOrTuple = 1
-    padding: IntOrTuple = 0
-    output_padding: IntOrTuple = 0
-    dilation: IntOrTuple = 1
-    groups: int = 1
-    act: ActivationLike = None
-    use_bias: bool = True
-    w_init: Optional[Callable[..., jax.Array]] = None
-    b_init: Optional[Callable[..., jax.Array]] = None
+    stride: Window = 1
+    padding: TransposePadding = 0
+    output_padding: Padding = 0
+    dilation: Window = 1
+    groups: Count = 1
+    act: Act = None
+    use_bias: Flag = True
+    w_init: Init = None
+    b_init: Init = None
 
     transposed = True
 
-    def __post_init__(self):
-        if isinstance(self.padding, str):
-            raise layer_error(
-                f"ConvTranspose({self.out_channels!r})",
-                f"padding must be an int or a tuple of ints, got {self.padding!r} "
-                f"(torch.nn.ConvTransposeNd takes no padding strings)",
-            )
-        self._check_config({"kernel_size": 1, "stride": 1, "padding": 0,
-                            "output_padding": 0, "dilation": 1})
+    def check_config(self):
+        super().check_config()
         n = self._rank() or 1
         for op, s, d in zip(*(per_axis(getattr(self, arg), n)
                               for arg in ("output_padding", "stride", "dilation"))):

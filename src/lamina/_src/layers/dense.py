@@ -8,28 +8,26 @@ For one example `x` of shape `(in,)` and weights `W` of shape `(out, in)`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.checks import check_float_input, size
+from lamina._src.core.errors import BATCH_HINT, TRANSPOSED, layer_error
+from lamina._src.core.fields import Count, Flag, FloatDtype, Init, OptionalFloatDtype
+from lamina._src.core.record import note
+from lamina._src.core.spec import Param, depends_on_input
 from lamina._src.layers import initializers
-from lamina._src.layers.activations import ActivationLike, activation_fn, canonical_activation
-from lamina._src.core.errors import TRANSPOSED, layer_error
-from lamina._src.core.layer import (
-    Builtin,
-    TraceStep,
-    as_dtype,
-    check_count,
-    check_float_input,
-    check_input_shape,
-    check_key,
-    frozen,
-    size,
+from lamina._src.layers.activations import (
+    Act,
+    ActivationLike,
+    act_name,
+    activation_fn,
+    canonical_activation,
 )
-
-BATCH_HINT = "Layers take one example; use jax.vmap or lm.forward for batches."
 
 
 def _weighted_sum(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
@@ -43,13 +41,9 @@ def _weighted_sum(params: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
     return z
 
 
-def _check_params(
-    where: str,
-    params: Any,
-    x: jax.Array,
-    out_features: Optional[int] = None,
-    use_bias: Optional[bool] = None,
-) -> None:
+def _check_params(params: Any, x: jax.Array) -> None:
+    """`lm.dense`'s checks: with no layer, the weights say what the input must be."""
+    where = "dense"
     if not isinstance(params, Mapping) or "W" not in params:
         got = (
             f"a dict with keys {sorted(params)}"
@@ -63,10 +57,8 @@ def _check_params(
         )
     W = params["W"]
     w_shape = tuple(getattr(W, "shape", ()))
-    if len(w_shape) != 2 or (out_features is not None and w_shape[0] != out_features):
-        want = f"({out_features}, in)" if out_features is not None else "(out, in)"
-        hint = TRANSPOSED if len(w_shape) == 2 and w_shape[1] == out_features else ""
-        raise layer_error(where, f"expected W of shape {want}, got {w_shape}{hint}")
+    if len(w_shape) != 2:
+        raise layer_error(where, f"expected W of shape (out, in), got {w_shape}")
     if x.ndim < 1:
         raise layer_error(
             where,
@@ -80,15 +72,7 @@ def _check_params(
             f"expected input with last dimension {w_shape[1]} (W has shape "
             f"{w_shape}), got x with shape {x.shape}.{hint}\n{BATCH_HINT}",
         )
-    has_b = "b" in params
-    if use_bias is not None and has_b != use_bias:
-        raise layer_error(
-            where,
-            "params hold a bias 'b' but the layer was built with use_bias=False"
-            if has_b
-            else "params have no bias 'b' but the layer was built with use_bias=True",
-        )
-    if has_b:
+    if "b" in params:
         b_shape = tuple(getattr(params["b"], "shape", ()))
         if b_shape != (w_shape[0],):
             raise layer_error(
@@ -126,17 +110,10 @@ def dense(
     """
     fn = activation_fn(canonical_activation(act, "dense"))
     x = check_float_input("dense", x)
-    _check_params("dense", params, x)
+    _check_params(params, x)
     return fn(_weighted_sum(params, x))
 
 
-def _act_name(act: ActivationLike):
-    if act is None or isinstance(act, str):
-        return act
-    return getattr(act, "__name__", repr(act))
-
-
-@frozen
 class Dense(Builtin):
     """A fully connected layer, `act(x @ W.T + b)`, with `W` stored as `(out, in)`.
 
@@ -177,41 +154,18 @@ class Dense(Builtin):
       (Dense(3, act='relu'), True)
     """
 
-    out_features: int
-    act: ActivationLike = None
+    out_features: Count
+    act: Act = None
     _: dataclasses.KW_ONLY
-    use_bias: bool = True
-    w_init: Optional[Callable[..., jax.Array]] = None
-    b_init: Optional[Callable[..., jax.Array]] = None
-    dtype: Optional[Any] = None
-    param_dtype: Any = jnp.dtype(jnp.float32)
+    use_bias: Flag = True
+    w_init: Init = None
+    b_init: Init = None
+    dtype: OptionalFloatDtype = None
+    param_dtype: FloatDtype = jnp.dtype(jnp.float32)
 
     kind = "dense"
-    torch_names = {"W": "weight", "b": "bias"}  # torch.nn.Linear
-
-    def __post_init__(self):
-        out = check_count("Dense", "out_features", self.out_features)
-        object.__setattr__(self, "out_features", out)
-        where = f"Dense({out})"
-        object.__setattr__(self, "act", canonical_activation(self.act, where))
-        for arg in ("w_init", "b_init"):
-            value = getattr(self, arg)
-            if value is not None and not callable(value):
-                raise layer_error(
-                    where,
-                    f"{arg} must be an initializer (key, shape, dtype) -> array, got "
-                    f"{type(value).__name__} {value!r}",
-                    TypeError,
-                )
-        if self.use_bias not in (True, False):
-            raise layer_error(
-                where,
-                f"use_bias must be True or False, got {type(self.use_bias).__name__} "
-                f"{self.use_bias!r}",
-                TypeError,
-            )
-        object.__setattr__(self, "dtype", as_dtype(where, "dtype", self.dtype, optional=True))
-        object.__setattr__(self, "param_dtype", as_dtype(where, "param_dtype", self.param_dtype))
+    min_rank = 1
+    stochastic = False
 
     @property
     def batch_polymorphic(self) -> bool:
@@ -219,39 +173,32 @@ class Dense(Builtin):
 
     @property
     def name(self) -> str:
-        act = _act_name(self.act)
+        act = act_name(self.act)
         return f"Dense({self.out_features}, {act})" if act else f"Dense({self.out_features})"
 
-    def init(self, key, input_shape):
-        check_key(self.name, key)
-        shape = check_input_shape(self.name, input_shape, min_rank=1)
-        in_features = shape[-1]
-        w_key, b_key = jax.random.split(key)
-        w_init = self.w_init or initializers.torch_linear()
-        params = {"W": initializers.init_weight(
-            w_init, w_key, (self.out_features, in_features), self.param_dtype)}
-        if self.use_bias:
-            b_init = self.b_init or initializers.torch_bias(in_features)
-            params["b"] = initializers.init_weight(
-                b_init, b_key, (self.out_features,), self.param_dtype)
-        return shape[:-1] + (self.out_features,), params
+    def output_shape(self, input_shape):
+        return input_shape[:-1] + (self.out_features,)
 
-    def weighted_sum(self, params, x):
-        """`x @ W.T + b` before the activation, after the layer's checks."""
-        x = check_float_input(self.name, x)
-        _check_params(self.name, params, x, self.out_features, self.use_bias)
+    def params_spec(self):
+        out = self.out_features
+        bias = self.b_init or depends_on_input(lambda s: initializers.torch_bias(s[-1]))
+        return {  # torch.nn.Linear's weight and bias
+            "W": Param(lambda s: (out, s[-1]), self.w_init or initializers.torch_linear(),
+                       "weight", "(out, in)", fits={1: -1}, dtype=self.param_dtype),
+            "b": Param(lambda s: (out,), bias, "bias", "(out,)", flag="use_bias",
+                       dtype=self.param_dtype),
+        }
+
+    def check_input(self, x, params):
+        return check_float_input(self.name, x)
+
+    def forward(self, params, state, x, *, key, train):
         if self.dtype is not None:
             x = x.astype(self.dtype)
             params = jax.tree.map(lambda p: p.astype(self.dtype), params)
-        return _weighted_sum(params, x)
-
-    def apply(self, params, x, *, key=None):
-        return activation_fn(self.act)(self.weighted_sum(params, x))
-
-    def trace(self, params, x, *, key=None):
-        z = self.weighted_sum(params, x)
-        y = activation_fn(self.act)(z)
-        return y, [TraceStep("", (), self.name, x, params, z, y, self, _act_name(self.act))]
+        z = _weighted_sum(params, x)
+        note(weighted_sum=z, act=act_name(self.act))
+        return activation_fn(self.act)(z), state
 
     def flops(self, step):
         # A multiply-add per weight, plus the bias, for every row of the input.

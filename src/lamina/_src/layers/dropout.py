@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import numbers
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 
-from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import Builtin, check_input_shape, check_key, frozen
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.fields import Check, interval
+
+Rate = Annotated[float, Check(interval, 0.0, 1.0, "low")]
+"""A probability of dropping, in [0, 1)."""
 
 
-@frozen
 class Dropout(Builtin):
     """Inverted dropout: zeroes each unit with probability `rate`, scales the rest.
 
@@ -39,32 +41,20 @@ class Dropout(Builtin):
       True
     """
 
-    rate: float
+    rate: Rate
 
-    def __post_init__(self):
-        rate = self.rate
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
-            raise layer_error(
-                "Dropout", f"rate must be a number in [0, 1), got {rate!r}", TypeError
-            )
-        rate = float(rate)
-        if not 0.0 <= rate < 1.0:
-            raise layer_error("Dropout", f"rate must be in [0, 1), got {rate}")
-        object.__setattr__(self, "rate", rate)
+    batch_polymorphic = True  # with key=None, the identity
 
-    stochastic = True
-    batch_polymorphic = True  # without a key it is the identity; with one, vmapped
+    @property
+    def stochastic(self) -> bool:
+        return self.rate > 0.0
 
     @property
     def name(self) -> str:
         return f"Dropout({self.rate})"
 
-    def init(self, key, input_shape):
-        return check_input_shape(self.name, input_shape), ()
-
-    def apply(self, params, x, *, key=None):
+    def forward(self, params, state, x, *, key, train):
         if key is None or self.rate == 0.0:
-            return x
-        check_key(self.name, key)
+            return x, state
         keep = jax.random.bernoulli(key, 1.0 - self.rate, jnp.shape(x))
-        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)), state

@@ -7,17 +7,19 @@ the one-hot vector.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lamina._src.core.builtin import Builtin
 from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import Builtin, check_count, check_input_shape, check_key, frozen
+from lamina._src.core.fields import Count
+from lamina._src.core.spec import Param
+from lamina._src.layers import initializers
 
 
-@frozen
 class Embedding(Builtin):
     """A table of `num_embeddings` learned vectors, looked up by integer id.
 
@@ -64,34 +66,32 @@ class Embedding(Builtin):
       True
     """
 
-    num_embeddings: int
-    features: int
+    num_embeddings: Count
+    features: Count
 
-    torch_names = {"W": "weight"}  # torch.nn.Embedding
+    stochastic = False
 
-    def __post_init__(self):
-        check_count("Embedding", "num_embeddings", self.num_embeddings)
-        check_count("Embedding", "features", self.features)
+    def output_shape(self, input_shape):
+        return input_shape + (self.features,)
 
-    @property
-    def name(self) -> str:
-        return repr(self)
+    def params_spec(self):
+        shape = (self.num_embeddings, self.features)
+        return {  # torch.nn.Embedding's weight, drawn from a standard normal as torch does
+            "W": Param(lambda s: shape, initializers.normal(1.0), "weight",
+                       "(num_embeddings, features)"),
+        }
 
-    def init(self, key, input_shape):
-        check_key(self.name, key)
-        shape = check_input_shape(self.name, input_shape)
-        W = jax.random.normal(key, (self.num_embeddings, self.features), jnp.float32)
-        return shape + (self.features,), {"W": W}
+    def check_input(self, ids, params):
+        return self._check_ids(ids)
 
-    def apply(self, params, ids, *, key=None):
-        ids = self._check_ids(ids)
-        W = self._check_params(params)
+    def forward(self, params, state, ids, *, key, train):
+        W = jnp.asarray(params["W"])
         if jnp.issubdtype(ids.dtype, jnp.signedinteger):
             if ids.dtype.itemsize < 4:  # so that num_embeddings fits below
                 ids = ids.astype(jnp.int32)
             # take() would count a negative id from the end; make it out of range.
             ids = jnp.where(ids < 0, self.num_embeddings, ids)
-        return jnp.take(W, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        return jnp.take(W, ids, axis=0, mode="fill", fill_value=jnp.nan), state
 
     def _check_ids(self, ids: Any) -> jax.Array:
         traced = isinstance(ids, jax.core.Tracer)
@@ -116,19 +116,3 @@ class Embedding(Builtin):
                     + (f" ({count} ids are out of range)" if count > 1 else ""),
                 )
         return jnp.asarray(ids)
-
-    def _check_params(self, params: Any) -> jax.Array:
-        if not isinstance(params, Mapping) or set(params) != {"W"}:
-            got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
-            raise layer_error(
-                self.name,
-                f"expected params {{'W': (num_embeddings, features)}}, got {got}",
-                ValueError if isinstance(params, Mapping) else TypeError,
-            )
-        W = params["W"]
-        want = (self.num_embeddings, self.features)
-        if tuple(jnp.shape(W)) != want:
-            raise layer_error(
-                self.name, f"expected W of shape {want}, got {tuple(jnp.shape(W))}"
-            )
-        return jnp.asarray(W)

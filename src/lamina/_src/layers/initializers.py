@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax.nn import initializers as _jinit
 from jax.typing import DTypeLike
 
-from lamina._src.core.layer import layer_error
+from lamina._src.core.errors import layer_error
 
 _MODES = ("fan_in", "fan_out", "fan_avg")
 _DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
@@ -414,6 +414,11 @@ xavier_uniform = glorot_uniform
 xavier_normal = glorot_normal
 kaiming_uniform = he_uniform
 kaiming_normal = he_normal
+
+INITIALIZERS: dict[str, type[Initializer]] = {
+    cls.__name__: cls for cls in (VarianceScaling, Uniform, Normal, Constant)
+}
+"""Name -> class, for every initializer a checkpoint may name."""
 
 __all__ = [
     "Constant",

@@ -16,32 +16,31 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.checks import check_float_input, size
+from lamina._src.core.errors import layer_error
 from lamina._src.layers.conv import (
-    IntOrTuple,
+    OptionalWindow,
+    Padding,
+    Window,
     check_example,
     check_output_size,
-    int_or_tuple,
     per_axis,
     spatial_rank,
 )
-from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import Builtin, check_float_input, check_input_shape, frozen, size
 
 
-@frozen
 class _Pool(Builtin):
     """What `MaxPool` and `AvgPool` share; the subclasses differ in `_reduce`."""
 
-    window: IntOrTuple
-    stride: Optional[IntOrTuple] = None
-    padding: IntOrTuple = 0
+    window: Window
+    stride: OptionalWindow = None
+    padding: Padding = 0
 
-    def __post_init__(self):
+    stochastic = False
+
+    def check_config(self):
         kind = type(self).__name__
-        object.__setattr__(self, "window", int_or_tuple(kind, "window", self.window, 1))
-        if self.stride is not None:
-            object.__setattr__(self, "stride", int_or_tuple(kind, "stride", self.stride, 1))
-        object.__setattr__(self, "padding", int_or_tuple(kind, "padding", self.padding, 0))
         n = spatial_rank(kind, window=self.window, stride=self.stride, padding=self.padding) or 1
         if any(2 * p > k for p, k in zip(per_axis(self.padding, n), per_axis(self.window, n))):
             # torch refuses it too: a window could then hold only padding.
@@ -72,25 +71,27 @@ class _Pool(Builtin):
         )
         return window, stride, padding, (shape[0],) + out
 
-    def init(self, key, input_shape):
-        shape = check_input_shape(self.name, input_shape)
-        return self._settings(shape, "input_shape")[-1], ()
+    def output_shape(self, input_shape):
+        return self._settings(input_shape, "input_shape")[-1]
 
-    def apply(self, params, x, *, key=None):
+    def check_input(self, x, params):
         x = check_float_input(self.name, x)
+        self._settings(x.shape, "x with shape")
+        return x
+
+    def forward(self, params, state, x, *, key, train):
         window, stride, padding, _ = self._settings(x.shape, "x with shape")
         # Reduced channels-last: XLA:CPU then fuses a conv -> relu -> pool
         # chain into one kernel, where channels-first splits it around
         # transposes (2.7x slower for the benchmark CNN, benchmarks/README.md).
         y = self._reduce(jnp.moveaxis(x, 0, -1), window + (1,), stride + (1,),
                          tuple((p, p) for p in padding) + ((0, 0),))
-        return jnp.moveaxis(y, -1, 0)
+        return jnp.moveaxis(y, -1, 0), state
 
     def _reduce(self, x, window, stride, padding) -> jax.Array:
         raise NotImplementedError
 
 
-@frozen
 class MaxPool(_Pool):
     """The largest value in each window, per channel, as `torch.nn.MaxPool1d/2d/3d`.
 
@@ -123,7 +124,6 @@ class MaxPool(_Pool):
         return size(step.output.shape) * (math.prod(per_axis(self.window, window)) - 1)
 
 
-@frozen
 class AvgPool(_Pool):
     """The mean of each window, per channel, as `torch.nn.AvgPool1d/2d/3d`.
 
@@ -157,7 +157,6 @@ class AvgPool(_Pool):
         return size(step.output.shape) * math.prod(per_axis(self.window, window))
 
 
-@frozen
 class GlobalAvgPool(Builtin):
     """The mean of each channel over all spatial positions: `(C, *spatial) -> (C,)`.
 
@@ -171,16 +170,19 @@ class GlobalAvgPool(Builtin):
     """
 
     name = "GlobalAvgPool()"
+    stochastic = False
 
-    def init(self, key, input_shape):
-        shape = check_input_shape(self.name, input_shape)
-        check_example(self.name, shape, None, "input_shape")
-        return shape[:1], ()
+    def output_shape(self, input_shape):
+        check_example(self.name, input_shape, None, "input_shape")
+        return input_shape[:1]
 
-    def apply(self, params, x, *, key=None):
+    def check_input(self, x, params):
         x = check_float_input(self.name, x)
         check_example(self.name, x.shape, None, "x with shape")
-        return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+        return x
+
+    def forward(self, params, state, x, *, key, train):
+        return jnp.mean(x, axis=tuple(range(1, x.ndim))), state
 
     def flops(self, step):
         # one addition per value, then one division per channel

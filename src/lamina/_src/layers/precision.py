@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 
+from lamina._src.core.builtin import Child, Wrapper
 from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import Builtin, Layer, check_layer_type, frozen
+from lamina._src.core.fields import Check
 
 
 def _cast_floats(tree: Any, dtype: Any) -> Any:
@@ -19,8 +20,19 @@ def _cast_floats(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(cast, tree)
 
 
-@frozen
-class with_dtype(Builtin):
+def _compute(where: str, arg: str, value: Any) -> Any:
+    try:
+        compute = jnp.dtype(value)
+    except TypeError:
+        compute = None
+    if compute is None or not jnp.issubdtype(compute, jnp.floating):
+        raise layer_error(
+            "with_dtype", "compute must be a floating dtype such as jnp.bfloat16", TypeError
+        )
+    return compute
+
+
+class with_dtype(Wrapper):
     """Runs a whole model in the `compute` dtype; its params stay as they are.
 
     Floating params and inputs are cast to `compute` on the way in, so every
@@ -44,37 +56,13 @@ class with_dtype(Builtin):
       (dtype('float32'), dtype(bfloat16))
     """
 
-    model: Layer
-    compute: Any = jnp.dtype(jnp.bfloat16)
-
-    def __post_init__(self):
-        check_layer_type("with_dtype", self.model)
-        try:
-            compute = jnp.dtype(self.compute)
-        except TypeError:
-            compute = None
-        if compute is None or not jnp.issubdtype(compute, jnp.floating):
-            raise layer_error(
-                "with_dtype",
-                "compute must be a floating dtype such as jnp.bfloat16",
-                TypeError,
-            )
-        object.__setattr__(self, "compute", compute)
+    model: Child
+    compute: Annotated[Any, Check(_compute)] = jnp.dtype(jnp.bfloat16)
 
     @property
     def name(self) -> str:
         return f"with_dtype({self.model.name}, {self.compute.name})"
 
-    def child_segment(self, i: int) -> str:
-        return ""  # the wrapped model's paths are the model's own
-
-    def init(self, key, input_shape):
-        return self.model.init(key, input_shape)
-
-    def apply(self, params, x, *, key=None):
-        return self.model.apply(_cast_floats(params, self.compute),
-                                _cast_floats(x, self.compute), key=key)
-
-    def trace(self, params, x, *, key=None):
-        return self.model.trace(_cast_floats(params, self.compute),
-                                _cast_floats(x, self.compute), key=key)
+    def forward(self, params, state, x, *, key, train):
+        return self.call_inner(_cast_floats(params, self.compute), state,
+                               _cast_floats(x, self.compute), key, train)

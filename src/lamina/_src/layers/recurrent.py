@@ -18,26 +18,21 @@ product instead of T thin ones; only `h @ W_hh.T` stays inside. The loop is a
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Annotated, ClassVar
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.checks import check_count, check_float_input
+from lamina._src.core.errors import BATCH_HINT, layer_error
+from lamina._src.core.fields import Check
+from lamina._src.core.spec import Param
 from lamina._src.layers import initializers
-from lamina._src.layers.dense import BATCH_HINT
-from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import (
-    Builtin,
-    check_count,
-    check_float_input,
-    check_input_shape,
-    check_key,
-    frozen,
-)
 
-_KEYS = ("W_ih", "W_hh", "b_ih", "b_hh")
-
+Hidden = Annotated[int, Check(check_count, " (the size of the hidden state)")]
+"""The size of a recurrent layer's hidden state, >= 1."""
 
 def _times_transposed(x: jax.Array, W: jax.Array) -> jax.Array:
     # `x @ W.T` contracting W's axis 1 directly: XLA:CPU would otherwise copy
@@ -50,55 +45,47 @@ def _plus(z: jax.Array, b: jax.Array) -> jax.Array:
     return z + jnp.broadcast_to(b, z.shape)
 
 
-@frozen
 class _Recurrent(Builtin):
-    """What LSTM and GRU share: configuration, checks, init and FLOPs."""
+    """What LSTM and GRU share: configuration, checks, params and FLOPs."""
 
-    hidden: int
+    hidden: Hidden
 
     _gates: ClassVar[int]
     _gate_names: ClassVar[str]
-    torch_names = {  # one layer of torch.nn.LSTM / torch.nn.GRU
-        "W_ih": "weight_ih_l0",
-        "W_hh": "weight_hh_l0",
-        "b_ih": "bias_ih_l0",
-        "b_hh": "bias_hh_l0",
-    }
-
-    def __post_init__(self):
-        hidden = check_count(type(self).__name__, "hidden", self.hidden,
-                             " (the size of the hidden state)")
-        object.__setattr__(self, "hidden", hidden)
+    stochastic = False
 
     @property
     def name(self) -> str:
         return f"{type(self).__name__}({self.hidden})"
 
-    def _params_spec(self) -> str:
-        g = f"{self._gates}H"
-        return f"{{'W_ih': ({g}, D), 'W_hh': ({g}, H), 'b_ih': ({g},), 'b_hh': ({g},)}}"
-
-    def init(self, key, input_shape):
-        check_key(self.name, key)
-        shape = check_input_shape(self.name, input_shape)
-        if len(shape) != 2:
-            batch = f"\n{BATCH_HINT}" if len(shape) == 3 else ""
+    def output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            batch = f"\n{BATCH_HINT}" if len(input_shape) == 3 else ""
             raise layer_error(
                 self.name,
                 f"expected input_shape (T, D): one sequence of T steps of D features, "
-                f"got {shape}{batch}",
+                f"got {input_shape}{batch}",
             )
-        steps, features = shape
-        gh = self._gates * self.hidden
-        # torch.nn.LSTM/GRU draw every weight and bias from U(-1/sqrt(H), 1/sqrt(H)).
-        init = initializers.uniform(1.0 / math.sqrt(self.hidden))
-        shapes = {"W_ih": (gh, features), "W_hh": (gh, self.hidden), "b_ih": (gh,), "b_hh": (gh,)}
-        keys = jax.random.split(key, len(_KEYS))
-        params = {k: init(k_, shapes[k], jnp.float32) for k, k_ in zip(_KEYS, keys)}
-        return (steps, self.hidden), params
+        return (input_shape[0], self.hidden)
 
-    def _check(self, params: Any, x: Any) -> tuple[jax.Array, ...]:
-        """`(x, W_ih, W_hh, b_ih, b_hh)` checked and in one dtype, or a clear error."""
+    def params_spec(self):
+        gh, h = self._gates * self.hidden, self.hidden
+        # torch.nn.LSTM/GRU draw every weight and bias from U(-1/sqrt(H), 1/sqrt(H)).
+        init = initializers.uniform(1.0 / math.sqrt(h))
+        g = f"{self._gates}H"
+        return {  # one layer of torch.nn.LSTM / torch.nn.GRU
+            "W_ih": Param(lambda s: (gh, s[-1]), init, "weight_ih_l0", f"({g}, D)",
+                          fits={1: -1}),
+            "W_hh": Param(lambda s: (gh, h), init, "weight_hh_l0", f"({g}, H)"),
+            "b_ih": Param(lambda s: (gh,), init, "bias_ih_l0", f"({g},)"),
+            "b_hh": Param(lambda s: (gh,), init, "bias_hh_l0", f"({g},)"),
+        }
+
+    def params_note(self, input_shape, key):
+        return (f" ({self._gates} gates {self._gate_names}, each of size "
+                f"hidden={self.hidden})")
+
+    def check_input(self, x, params):
         x = check_float_input(self.name, x)
         if x.ndim != 2:
             hint = (
@@ -109,46 +96,11 @@ class _Recurrent(Builtin):
                 f"expected one sequence of shape (T, D), got x with shape {x.shape}"
                 f"{hint}.\n{BATCH_HINT}",
             )
-        if not isinstance(params, Mapping) or set(params) != set(_KEYS):
-            got = (
-                f"a dict with keys {sorted(params)}"
-                if isinstance(params, Mapping)
-                else type(params).__name__
-            )
-            raise layer_error(
-                self.name,
-                f"expected params {self._params_spec()}, got {got}",
-                ValueError if isinstance(params, Mapping) else TypeError,
-            )
-        gh, hidden = self._gates * self.hidden, self.hidden
-        shapes = {k: tuple(getattr(params[k], "shape", ())) for k in _KEYS}
-        # W_ih's rows are fixed by hidden; its columns say which D the weights
-        # were made for, unless W_ih is misshaped, when x's D is the best guess.
-        w_ih = shapes["W_ih"]
-        features = w_ih[1] if len(w_ih) == 2 and w_ih[0] == gh else x.shape[1]
-        want = {"W_ih": (gh, features), "W_hh": (gh, hidden), "b_ih": (gh,), "b_hh": (gh,)}
-        for k in _KEYS:
-            if shapes[k] != want[k]:
-                hint = (
-                    f" (transposed? lamina stores {k} as torch's {self.torch_names[k]}, "
-                    f"one row per gate unit; no .T is needed)"
-                    if len(want[k]) == 2 and shapes[k] == want[k][::-1]
-                    else ""
-                )
-                raise layer_error(
-                    self.name,
-                    f"expected {k} of shape {want[k]} ({self._gates} gates "
-                    f"{self._gate_names}, each of size hidden={hidden}), got "
-                    f"{shapes[k]}{hint}",
-                )
-        if x.shape[1] != features:
-            hint = " (time comes first: transpose x?)" if x.shape[0] == features else ""
-            raise layer_error(
-                self.name,
-                f"expected x of shape (T, {features}) (W_ih has shape {shapes['W_ih']}), "
-                f"got x with shape {x.shape}{hint}",
-            )
-        arrays = (x,) + tuple(jnp.asarray(params[k]) for k in _KEYS)
+        return x
+
+    def _arrays(self, params, x):
+        """`(x, W_ih, W_hh, b_ih, b_hh)` in one dtype."""
+        arrays = (x,) + tuple(jnp.asarray(params[k]) for k in ("W_ih", "W_hh", "b_ih", "b_hh"))
         dtype = jnp.result_type(*arrays)
         return tuple(a.astype(dtype) for a in arrays)
 
@@ -162,7 +114,6 @@ class _Recurrent(Builtin):
         return steps * (2 * features * gh + 2 * self.hidden * gh + 2 * gh)
 
 
-@frozen
 class LSTM(_Recurrent):
     """A long short-term memory layer over one sequence, as one layer of `torch.nn.LSTM`.
 
@@ -202,8 +153,8 @@ class LSTM(_Recurrent):
     _gates = 4
     _gate_names = "i, f, g, o"
 
-    def apply(self, params, x, *, key=None):
-        x, W_ih, W_hh, b_ih, b_hh = self._check(params, x)
+    def forward(self, params, state, x, *, key, train):
+        x, W_ih, W_hh, b_ih, b_hh = self._arrays(params, x)
         # Both biases add linearly to every gate, so they join the projection.
         xz = _plus(_times_transposed(x, W_ih), b_ih + b_hh)
 
@@ -216,10 +167,9 @@ class LSTM(_Recurrent):
 
         zero = jnp.zeros((self.hidden,), xz.dtype)
         _, hs = lax.scan(step, (zero, zero), xz)
-        return hs
+        return hs, state
 
 
-@frozen
 class GRU(_Recurrent):
     """A gated recurrent unit layer over one sequence, as one layer of `torch.nn.GRU`.
 
@@ -260,8 +210,8 @@ class GRU(_Recurrent):
     _gates = 3
     _gate_names = "r, z, n"
 
-    def apply(self, params, x, *, key=None):
-        x, W_ih, W_hh, b_ih, b_hh = self._check(params, x)
+    def forward(self, params, state, x, *, key, train):
+        x, W_ih, W_hh, b_ih, b_hh = self._arrays(params, x)
         H = self.hidden
         # b_hr and b_hz add linearly, so they join the projection; b_hn sits
         # inside r * (W_hn h + b_hn) and has to stay in the loop.
@@ -278,4 +228,4 @@ class GRU(_Recurrent):
             return h, h
 
         _, hs = lax.scan(step, jnp.zeros((H,), xz.dtype), xz)
-        return hs
+        return hs, state

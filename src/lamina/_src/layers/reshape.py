@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.checks import size
 from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import Builtin, check_input_shape, frozen, size
 
 
-@frozen
 class Identity(Builtin):
     """Returns its input unchanged; a placeholder, e.g. the skip side of a block.
 
@@ -21,16 +21,13 @@ class Identity(Builtin):
     """
 
     name = "Identity()"
+    stochastic = False
     batch_polymorphic = True
 
-    def init(self, key, input_shape):
-        return check_input_shape(self.name, input_shape), ()
-
-    def apply(self, params, x, *, key=None):
-        return x
+    def forward(self, params, state, x, *, key, train):
+        return x, state
 
 
-@frozen
 class Flatten(Builtin):
     """Flattens one example to a vector: shape `(h, w, ...)` becomes `(h * w * ...,)`.
 
@@ -44,12 +41,17 @@ class Flatten(Builtin):
     """
 
     name = "Flatten()"
+    min_rank = 1
+    stochastic = False
 
-    def init(self, key, input_shape):
-        return (size(check_input_shape(self.name, input_shape, min_rank=1)),), ()
+    def output_shape(self, input_shape):
+        return (size(input_shape),)
 
-    def apply(self, params, x, *, key=None):
+    def check_input(self, x, params):
         x = jnp.asarray(x)
         if x.ndim == 0:
             raise layer_error(self.name, "expected an array with at least one axis, got a scalar")
-        return jnp.reshape(x, (size(x.shape),))
+        return x
+
+    def forward(self, params, state, x, *, key, train):
+        return jnp.reshape(x, (size(x.shape),)), state

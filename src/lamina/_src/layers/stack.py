@@ -11,31 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lamina._src.layers.combinators import child_keys, serial
+from lamina._src.core.builtin import Builtin, Child, Wrapper
+from lamina._src.core.checks import check_input_shape, check_key
 from lamina._src.core.errors import child_context, layer_error
-from lamina._src.core.layer import (
-    Layer,
-    TraceStep,
-    Wrapper,
-    abstract_init,
-    check_count,
-    check_input_shape,
-    check_key,
-    check_layer_type,
-    children,
-    frozen,
-    missing_state,
-    nest,
-    run,
-    run_apply,
-)
+from lamina._src.core.fields import Check, Count
+from lamina._src.core.layer import Layer, abstract_init, call_child, children
 from lamina._src.core.params import path_str
+from lamina._src.core.record import recording
+from lamina._src.layers.combinators import child_keys, serial
 
 
 def _slice(tree: Any, i: int) -> Any:
@@ -58,7 +47,6 @@ def _join(trees: list) -> Any:
     return jax.tree.map(stack_leaves, *trees)
 
 
-@frozen
 class stack(Wrapper):
     """`n` copies of a layer applied one after another, compiled once (`lax.scan`).
 
@@ -93,15 +81,10 @@ class stack(Wrapper):
       (4,)
     """
 
-    layer: Layer
-    n: int
+    layer: Child
+    n: Count
     _: dataclasses.KW_ONLY
-    unroll: int = 1
-
-    def __post_init__(self):
-        check_layer_type("stack", self.layer, "layer must be a lamina Layer")
-        object.__setattr__(self, "n", check_count("stack", "n", self.n))
-        object.__setattr__(self, "unroll", check_count("stack", "unroll", self.unroll))
+    unroll: Count = 1
 
     @functools.cached_property
     def name(self) -> str:
@@ -164,36 +147,27 @@ class stack(Wrapper):
                     f".restack(...)",
                 )
 
-    def _state_in(self, state):
-        if state is None:
-            if self.stateful:
-                raise missing_state(self)
-            return None
-        if not self.layer.stateful:
-            return None
-        self._check_stacked(state, "state")
-        return state
-
-    def apply(self, params, x, *, key=None, state=None, train=False):
+    def forward(self, params, state, x, *, key, train):
         self._check_stacked(params, "params")
-        inner = self._state_in(state)
-        keys = child_keys(self.name, key, [self.layer])[0]
-        keys = None if keys is None else jax.random.split(key, self.n)
+        if self.layer.stateful:
+            self._check_stacked(state, "state")
+        keys = None
+        if child_keys(self.name, key, [self.layer])[0] is not None:
+            keys = jax.random.split(key, self.n)
+        if recording():
+            return self._unrolled(params, state, x, keys, train)
         layer = self.layer
 
         def body(h, per_copy):
             p, k, s = per_copy
-            with child_context(self.child_segment(0), layer):
-                if s is None:
-                    return layer.apply(p, h, key=k), None
-                return layer.apply(p, h, key=k, state=s, train=train)
+            return call_child(self.child_segment(0), None, layer, p, s, h, k, train)
 
         def scan(h):
-            return lax.scan(body, h, (params, keys, inner), length=self.n, unroll=self.unroll)
+            return lax.scan(body, h, (params, keys, state), length=self.n, unroll=self.unroll)
 
         x = jnp.asarray(x)
         try:
-            y, new = scan(x)
+            return scan(x)
         except TypeError as error:
             if "carry" not in str(error):
                 raise
@@ -201,12 +175,12 @@ class stack(Wrapper):
             # a Dense with dtype=): serial's copies would run from the first
             # copy's output dtype on, so the carry starts in it.
             first = jax.eval_shape(
-                lambda p, h, k, s: run_apply(layer, p, h, k, s, train)[0], _slice(params, 0), x,
-                None if keys is None else keys[0], None if inner is None else _slice(inner, 0))
+                lambda p, h, k, s: layer.call(p, s, h, key=k, train=train)[0],
+                _slice(params, 0), x, None if keys is None else keys[0], _slice(state, 0))
             if first.dtype == x.dtype:
                 raise
             try:
-                y, new = scan(x.astype(first.dtype))
+                return scan(x.astype(first.dtype))
             except TypeError:
                 raise layer_error(
                     self.name,
@@ -215,30 +189,16 @@ class stack(Wrapper):
                     f"{first.dtype} to another dtype",
                     TypeError,
                 ) from error
-        if state is None:
-            return y
-        return y, (new if inner is not None else state)
 
-    def trace(self, params, x, *, key=None, state=None, train=False):
-        # The copies one by one, so every copy's values can be looked at;
-        # `apply` (what jit compiles) scans.
-        self._check_stacked(params, "params")
-        inner = self._state_in(state)
-        keys = [None] * self.n
-        if child_keys(self.name, key, [self.layer])[0] is not None:
-            keys = list(jax.random.split(key, self.n))
-        steps: list[TraceStep] = []
-        feed, states = -1, []
+    def _unrolled(self, params, state, x, keys, train):
+        # While lm.trace records, the copies run one by one, so every copy's
+        # values can be looked at; what jit compiles scans.
+        states = []
         for i in range(self.n):
-            s = None if inner is None else _slice(inner, i)
-            with child_context(self.child_segment(i), self.layer):
-                x, child_steps, s = run(self.layer, _slice(params, i), x, keys[i], s, train)
+            x, s = call_child(self.child_segment(i), None, self.layer, _slice(params, i),
+                              _slice(state, i), x, None if keys is None else keys[i], train)
             states.append(s)
-            steps += nest(child_steps, self.child_segment(i), None, len(steps), feed)
-            feed = len(steps) - 1 if steps else feed
-        if state is None:
-            return x, steps
-        return x, steps, (_join(states) if inner is not None else state)
+        return x, (_join(states) if self.layer.stateful else state)
 
 
 # The policies that are policies themselves (not factories of one, such as
@@ -250,7 +210,32 @@ _POLICIES = {
 }
 
 
-@frozen
+def _policy(where: str, arg: str, policy: Any) -> Optional[Union[str, Callable]]:
+    if isinstance(policy, str):
+        if policy not in _POLICIES:
+            raise layer_error(
+                "remat",
+                f"unknown policy {policy!r}; expected one of {sorted(_POLICIES)} or a "
+                f"function from jax.checkpoint_policies",
+            )
+    elif policy is not None:
+        if not callable(policy):
+            raise layer_error(
+                "remat",
+                f"policy must be a function from jax.checkpoint_policies, its name, or "
+                f"None, got {type(policy).__name__} {policy!r}",
+                TypeError,
+            )
+        named = [name for name, fn in _POLICIES.items() if fn is policy]
+        if named:  # stored by name: equal, hashable and writable to a file
+            return named[0]
+    return policy
+
+
+Policy = Annotated[Optional[Union[str, Callable]], Check(_policy)]
+"""What `jax.checkpoint` may keep: a policy of `jax.checkpoint_policies`, its name, or None."""
+
+
 class remat(Wrapper):
     """A layer whose activations are recomputed in the backward pass (`jax.checkpoint`).
 
@@ -273,64 +258,22 @@ class remat(Wrapper):
       remat(residual(serial(Dense(16, act='gelu'), Dense(4))), policy='dots_saveable')
     """
 
-    layer: Layer
-    policy: Optional[Union[str, Callable]] = None
-
-    def __post_init__(self):
-        check_layer_type("remat", self.layer, "layer must be a lamina Layer")
-        policy = self.policy
-        if isinstance(policy, str):
-            if policy not in _POLICIES:
-                raise layer_error(
-                    "remat",
-                    f"unknown policy {policy!r}; expected one of {sorted(_POLICIES)} or a "
-                    f"function from jax.checkpoint_policies",
-                )
-        elif policy is not None:
-            if not callable(policy):
-                raise layer_error(
-                    "remat",
-                    f"policy must be a function from jax.checkpoint_policies, its name, or "
-                    f"None, got {type(policy).__name__} {policy!r}",
-                    TypeError,
-                )
-            named = [name for name, fn in _POLICIES.items() if fn is policy]
-            if named:  # stored by name: equal, hashable and writable to a file
-                object.__setattr__(self, "policy", named[0])
+    layer: Child
+    policy: Policy = None
 
     @functools.cached_property
     def name(self) -> str:
         return f"remat({self.layer.name})"
 
-    def child_segment(self, i: int) -> str:
-        return ""  # the layer's params and paths are its own
+    def forward(self, params, state, x, *, key, train):
+        if recording():  # looking at the values needs no recomputation
+            return self.call_inner(params, state, x, key, train)
+        policy = _POLICIES.get(self.policy, self.policy)  # type: ignore[arg-type]
 
-    def init(self, key, input_shape):
-        return self.layer.init(key, input_shape)
+        def inner(p, s, h, k):
+            return self.call_inner(p, s, h, k, train)
 
-    def init_state(self, input_shape):
-        return self.layer.init_state(input_shape)
-
-    def apply(self, params, x, *, key=None, state=None, train=False):
-        policy = _POLICIES.get(self.policy, self.policy)
-        layer = self.layer
-        if state is None:
-            if layer.stateful:
-                raise missing_state(self)
-            fn = jax.checkpoint(lambda p, h, k: layer.apply(p, h, key=k), policy=policy)
-            return fn(params, x, key)
-        if not layer.stateful:
-            fn = jax.checkpoint(lambda p, h, k: layer.apply(p, h, key=k), policy=policy)
-            return fn(params, x, key), state
-        fn = jax.checkpoint(
-            lambda p, h, k, s: layer.apply(p, h, key=k, state=s, train=train), policy=policy)
-        return fn(params, x, key, state)
-
-    def trace(self, params, x, *, key=None, state=None, train=False):
-        # Looking at the values needs no recomputation: the layer's own trace.
-        if state is None and not self.layer.stateful:
-            return self.layer.trace(params, x, key=key)
-        return run(self.layer, params, x, key, state, train)
+        return jax.checkpoint(inner, policy=policy)(params, state, x, key)
 
 
 def unrolled(model: Layer) -> Layer:
@@ -343,7 +286,7 @@ def unrolled(model: Layer) -> Layer:
         one = unrolled(model.layer)
         return serial(*[one] * model.n)
     kids = children(model)
-    if not kids:
+    if not kids or not isinstance(model, Builtin):
         return model
     new = iter([unrolled(child) for _, child in kids])
     config = {}

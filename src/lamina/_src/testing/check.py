@@ -14,87 +14,40 @@ It stops at the first broken property and raises a `LayerCheckError` (an
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
-from jax.test_util import check_grads
 
-from lamina._src.core.errors import LaminaError
-from lamina._src.core.forward import BATCH_AXIS
-from lamina._src.core.layer import Layer, Params, check_key, check_layer_type, layer_error, shape_of
+from lamina._src.core.builtin import Builtin
+from lamina._src.core.checks import check_key, shape_of
+from lamina._src.core.errors import layer_error
+from lamina._src.core.layer import Layer, check_layer_type, children
 from lamina._src.core.params import param_shapes, path_str
+from lamina._src.testing.case import (
+    Case,
+    LayerCheckError,
+    as_shape,
+    checking,
+    is_shape,
+    kind,
+    non_finite,
+    stack_trees,
+    tolerance,
+)
+from lamina._src.testing.gradient import check_gradient
+from lamina._src.testing.state import (
+    check_init_state,
+    check_state,
+    compare_abstract,
+    inference_view,
+)
 
 PROPERTIES = ("shape", "finite", "deterministic", "jit", "retrace", "vmap", "gradient", "dtype",
               "state")
 """The properties `check_layer` checks, in the order it checks them."""
-
-# `with enable_x64(True):` turns float64 on inside the block and restores the
-# previous setting after it; the one definition lamina's tests use too.
-# jax >= 0.7 has jax.enable_x64; older releases keep it under jax.experimental.
-# (hasattr, not truthiness: bool(jax.enable_x64) raises.)
-enable_x64 = jax.enable_x64 if hasattr(jax, "enable_x64") else jax.experimental.enable_x64
-
-
-class LayerCheckError(LaminaError, AssertionError):
-    """A layer broke one of the properties `check_layer` checks.
-
-    An `AssertionError`, so pytest reports it as a failed test, and an
-    `lm.LaminaError`.
-
-    Attributes:
-      property: the broken property, one of `PROPERTIES` (e.g. `"vmap"`).
-      layer_name: the layer's name (also `.layer`).
-
-    Example:
-      >>> import lamina as lm
-      >>> broken = lm.Layer(lambda key, shape: ((3,), ()),          # declares (3,) ...
-      ...                   lambda params, x, *, key=None: x, "Liar")  # ... returns (4,)
-      >>> try:
-      ...     lm.testing.check_layer(broken, (4,))
-      ... except lm.testing.LayerCheckError as error:
-      ...     print(error.property, error.layer_name, isinstance(error, AssertionError))
-      shape Liar True
-    """
-
-    __module__ = "lamina.testing"  # where users import it from
-
-    def __init__(self, prop: str, layer_name: str, message: str):
-        self.property = prop
-        self.layer_name = layer_name
-        super().__init__(message, layer=layer_name)
-
-    def _text(self) -> str:
-        return f"{self.layer_name} fails check_layer's {self.property!r} check: {self.message}"
-
-    def __reduce__(self):
-        return type(self), (self.property, self.layer_name, self.message)
-
-
-def _kind(error: BaseException) -> str:
-    """The name to show for an error: a lamina error reads as its built-in kind."""
-    if isinstance(error, LaminaError):
-        return next(c for c in type(error).__mro__ if c.__module__ == "builtins").__name__
-    return type(error).__name__
-
-
-class _Case(NamedTuple):
-    layer: Layer  # stateless: for a layer with state, its inference view at `state`
-    params: Params
-    x: Any  # one example
-    xs: Any  # `batch` examples
-    y: Any  # apply(params, x)
-    key: jax.Array  # for stochastic apply
-    input_dtype: np.dtype  # of every input leaf
-    rtol: float
-    atol: float
-    stateful: Optional[Layer] = None  # the layer with state that `layer` views
-    state: Any = None  # its state from init_state
-
 
 def check_layer(
     layer: Layer,
@@ -230,20 +183,20 @@ def check_layer(
     x = draw()
     stateful, state, view = None, None, layer
     if layer.stateful:  # every check but the last sees it in inference mode
-        stateful, state = layer, _check_init_state(layer, input_shape)
-        view = _inference_view(layer, state)
+        stateful, state = layer, check_init_state(layer, input_shape)
+        view = inference_view(layer, state)
     params, y = _check_shape(view, init_key, input_shape, x)
-    case = _Case(view, params, x, draw(batch), y, apply_key, input_dtype, rtol, atol, stateful, state)
+    case = Case(view, params, x, draw(batch), y, apply_key, input_dtype, rtol, atol, stateful, state,
+                 layer)
     _check_finite(case)
     y_key = _check_deterministic(case)
     jitted = _check_jit(case, y_key)
     _check_retrace(case, jitted, draw())
     _check_vmap(case, jitted)
-    _check_gradient(case, rng, grad_eps, draw())
+    check_gradient(case, rng, grad_eps, draw())
     _check_dtype(case, dtype)
     if stateful is not None:
-        _check_state(case)
-
+        check_state(case)
 
 def parametrize(cases: Sequence[tuple[Layer, Any]]) -> Any:
     """One pytest test per `(layer, input_shape)` case, with readable ids.
@@ -280,132 +233,87 @@ def parametrize(cases: Sequence[tuple[Layer, Any]]) -> Any:
     ids = [f"{layer.name}-{_shape_id(shape)}" for layer, shape in cases]
     return pytest.mark.parametrize("layer, input_shape", [tuple(c) for c in cases], ids=ids)
 
-
-@contextlib.contextmanager
-def _checking(prop: str, name: str, doing: str, differs: str = "") -> Iterator[None]:
-    """Reports a failure inside the block as `prop` failing.
-
-    An `AssertionError` (chex's and NumPy's comparisons, with their numbers)
-    is reported after `differs`; any other exception as raised while `doing`.
-    """
-    try:
-        yield
-    except LayerCheckError:
-        raise
-    except AssertionError as error:
-        raise LayerCheckError(prop, name, f"{differs or doing}: {error}") from error
-    except Exception as error:  # noqa: BLE001 - a crash inside a check fails it
-        raise LayerCheckError(prop, name, f"{doing} raised {_kind(error)}: {error}") from error
-
-
 def _check_shape(layer, key, input_shape, x):
     name = layer.name
-    with _checking("shape", name, f"init(key, {input_shape})"):
+    with checking("shape", name, f"init(key, {input_shape})"):
         out_shape, params = layer.init(key, input_shape)
-    with _checking("shape", name, f"apply(params, x) for x of shape {input_shape}"):
+    with checking("shape", name, f"apply(params, x) for x of shape {input_shape}"):
         y = layer.apply(params, x)
     got = shape_of(y)
-    if _as_shape(out_shape) != got:
+    if as_shape(out_shape) != got:
         raise LayerCheckError(
             "shape", name,
             f"init declared output shape {out_shape!r} for input shape {input_shape}, "
             f"but apply returned shape {got}",
         )
-    with _checking("shape", name, "jax.eval_shape(init)"):
+    with checking("shape", name, "jax.eval_shape(init)"):
         abstract_shape, abstract = param_shapes(layer, input_shape, key=key)
-    if _as_shape(abstract_shape) != _as_shape(out_shape):
+    if as_shape(abstract_shape) != as_shape(out_shape):
         raise LayerCheckError(
             "shape", name,
             f"under jax.eval_shape init declares output shape {abstract_shape!r}, "
             f"but {out_shape!r} when run",
         )
-    _compare_abstract(name, abstract, params)
+    compare_abstract(name, abstract, params)
     return params, y
 
-
-def _check_init_state(layer: Layer, input_shape: Any) -> Any:
-    """`layer.init_state(input_shape)`, checked against `jax.eval_shape` of it."""
-    name = layer.name
-    with _checking("shape", name, f"init_state({input_shape})"):
-        state = layer.init_state(input_shape)
-    with _checking("shape", name, "jax.eval_shape(init_state)"):
-        abstract = jax.eval_shape(lambda: layer.init_state(input_shape))
-    _compare_abstract(name, abstract, state, what="state", fn="init_state")
-    return state
-
-
-def _inference_view(layer: Layer, state: Any) -> Layer:
-    """`layer` in inference mode at `state`, as a layer without state.
-
-    Its apply is `apply(params, x, *, key=None) -> y`, the `y` of
-    `layer.apply(params, x, key=key, state=state, train=False)`.
-    """
-
-    def apply(params, x, *, key=None):
-        out = layer.apply(params, x, key=key, state=state, train=False)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise layer_error(
-                layer.name,
-                f"a layer with state must return (y, new_state) from apply, got "
-                f"{type(out).__name__}",
-                TypeError,
-            )
-        return out[0]
-
-    return Layer(layer.init, apply, layer.name)
-
-
-def _compare_abstract(name: str, abstract: Any, tree: Any, what: str = "params",
-                      fn: str = "init") -> None:
-    """`tree` (`what`, made by `fn`) against `abstract`, `fn` under `jax.eval_shape`."""
-    if jax.tree.structure(abstract) != jax.tree.structure(tree):
-        raise LayerCheckError(
-            "shape", name,
-            f"jax.eval_shape({fn}) gives {what} tree {jax.tree.structure(abstract)}, "
-            f"but {fn} gives {jax.tree.structure(tree)}",
-        )
-    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(abstract),
-                                 jax.tree.leaves(tree)):
-        got_shape, got_dtype = tuple(jnp.shape(got)), jnp.result_type(got)
-        if (tuple(want.shape), want.dtype) != (got_shape, got_dtype):
-            raise LayerCheckError(
-                "shape", name,
-                f"{what} leaf {path_str(path) or '(root)'!r}: jax.eval_shape({fn}) "
-                f"gives {want.dtype}{list(want.shape)}, {fn} gives {got_dtype}{list(got_shape)}",
-            )
-
-
-def _check_finite(case: _Case) -> None:
+def _check_finite(case: Case) -> None:
     for what, tree in (("params", case.params), ("state from init_state", case.state),
                        ("output of apply(params, x)", case.y)):
-        bad = _non_finite(tree)
+        bad = non_finite(tree)
         if bad:
             raise LayerCheckError("finite", case.layer.name, f"{what} at {bad}")
 
-
-def _non_finite(tree: Any) -> str:
-    """Where `tree` first holds NaN or infinity, e.g. `"'W' (shape (3,)) holds 1 ..."`; `""` if nowhere."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
-            continue
-        values = np.asarray(leaf, np.float64)
-        bad = int(np.sum(~np.isfinite(values)))
-        if bad:
-            return (f"{path_str(path) or '(root)'!r} (shape {values.shape}) holds "
-                    f"{bad} NaN or infinite value(s) out of {values.size}")
-    return ""
-
-
-def _check_deterministic(case: _Case) -> Any:
+def _check_deterministic(case: Case) -> Any:
     apply, name = case.layer.apply, case.layer.name
-    with _checking("deterministic", name, "calling apply(params, x) again",
+    with checking("deterministic", name, "calling apply(params, x) again",
                    "two calls apply(params, x) with key=None differ"):
         chex.assert_trees_all_equal(apply(case.params, case.x), case.y)
-    with _checking("deterministic", name, "calling apply(params, x, key=k)",
+    with checking("deterministic", name, "calling apply(params, x, key=k)",
                    "two calls apply(params, x, key=k) with the same key differ"):
         y_key = apply(case.params, case.x, key=case.key)
         chex.assert_trees_all_equal(apply(case.params, case.x, key=case.key), y_key)
+    _check_key_claim(case, y_key)
     return y_key
+
+def _check_key_claim(case: Case, y_key: Any) -> None:
+    """A layer that says it never uses a key gets none from `lm.forward`: it must not
+    need one. A built-in layer that says it does must: else it costs a key split."""
+    layer, name = case.claims, case.layer.name
+    if layer is None:
+        return
+    if not layer.stochastic:
+        with checking("deterministic", name, "calling apply(params, x, key=k)",
+                       "the layer says it never uses a key (stochastic is False), so lm.forward "
+                       "and the train step give it none, but apply(params, x, key=k) differs "
+                       "from apply(params, x): its randomness would be silently dropped; "
+                       "declare it stochastic"):
+            chex.assert_trees_all_equal(y_key, case.y)
+        return
+    if not _says_stochastic(layer):
+        return  # only a user's lm.Layer inside says so, and it says nothing either way
+    others = [case.layer.apply(case.params, case.x, key=jax.random.fold_in(case.key, i))
+              for i in range(1, 8)]
+    if all(np.array_equal(np.asarray(a), np.asarray(b))
+           for other in others for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(y_key))):
+        raise LayerCheckError(
+            "deterministic", name,
+            "the layer says it uses a key (stochastic is True), but two different keys give "
+            "the same output; a layer that never uses its key declares stochastic = False",
+        )
+
+def _says_stochastic(layer: Layer) -> bool:
+    """Whether one of lamina's own layers in `layer` says it uses a key.
+
+    A user's `lm.Layer` always gets a key, whether or not it uses one, so
+    it makes no claim to check.
+    """
+    if not isinstance(layer, Builtin):
+        return False
+    kids = children(layer)
+    if not kids:
+        return layer.stochastic
+    return any(_says_stochastic(child) for _, child in kids)
 
 
 def _both(layer: Layer):
@@ -418,19 +326,17 @@ def _both(layer: Layer):
 
     return apply_both
 
-
-def _check_jit(case: _Case, y_key: Any):
+def _check_jit(case: Case, y_key: Any):
     chex.clear_trace_counter()
     jitted = jax.jit(chex.assert_max_traces(_both(case.layer), n=1))
-    rtol, atol = _tolerance(case)
-    with _checking("jit", case.layer.name, "jax.jit(apply)"):
+    rtol, atol = tolerance(case)
+    with checking("jit", case.layer.name, "jax.jit(apply)"):
         got, got_key = jitted(case.params, case.x, case.key)
-    with _checking("jit", case.layer.name, "", "jax.jit(apply)(params, x) differs from apply(params, x)"):
+    with checking("jit", case.layer.name, "", "jax.jit(apply)(params, x) differs from apply(params, x)"):
         chex.assert_trees_all_close(got, case.y, rtol=rtol, atol=atol)
-    with _checking("jit", case.layer.name, "", "jax.jit(apply) with a key differs from apply with that key"):
+    with checking("jit", case.layer.name, "", "jax.jit(apply) with a key differs from apply with that key"):
         chex.assert_trees_all_close(got_key, y_key, rtol=rtol, atol=atol)
     return jitted
-
 
 def _after_update(leaf: Any) -> Any:
     # What an optimizer step returns: optax.apply_updates casts each leaf to
@@ -441,8 +347,7 @@ def _after_update(leaf: Any) -> Any:
         return leaf
     return jax.device_put(np.asarray(leaf).astype(dtype) * dtype.type(0.5))
 
-
-def _check_retrace(case: _Case, jitted, x2: Any) -> None:
+def _check_retrace(case: Case, jitted, x2: Any) -> None:
     updated = jax.tree.map(_after_update, case.params)
     try:
         jitted(case.params, x2, case.key)
@@ -462,14 +367,13 @@ def _check_retrace(case: _Case, jitted, x2: Any) -> None:
         ) from error
     except Exception as error:  # noqa: BLE001 - a crash inside a check fails it
         raise LayerCheckError("retrace", case.layer.name,
-                              f"jax.jit(apply) raised {_kind(error)}: {error}") from error
+                              f"jax.jit(apply) raised {kind(error)}: {error}") from error
 
-
-def _check_vmap(case: _Case, jitted) -> None:
+def _check_vmap(case: Case, jitted) -> None:
     layer, n = case.layer, jax.tree.leaves(case.xs)[0].shape[0]
-    rtol, atol = _tolerance(case)
+    rtol, atol = tolerance(case)
     what = f"jax.vmap(apply) over {n} examples differs from a loop over them"
-    with _checking("vmap", layer.name, f"jax.vmap(apply) over {n} examples"):
+    with checking("vmap", layer.name, f"jax.vmap(apply) over {n} examples"):
         keys = jax.random.split(case.key, n)
         # Not jitted: eager vmap compiles per primitive and shape, which a
         # property test's many small models share; a jit would compile each.
@@ -479,146 +383,24 @@ def _check_vmap(case: _Case, jitted) -> None:
         # The loop reuses the jitted single-example program (equal to apply,
         # checked above), so it compiles nothing new.
         xs = jax.tree.map(np.asarray, case.xs)
-        looped = [jitted(case.params, jax.tree.map(lambda a: a[i], xs), keys[i]) for i in range(n)]
-    with _checking("vmap", layer.name, "", what):
-        chex.assert_trees_all_close(batched, _stack([y for y, _ in looped]), rtol=rtol, atol=atol)
-    with _checking("vmap", layer.name, "", f"{what}, each example with its own key"):
-        chex.assert_trees_all_close(batched_key, _stack([y for _, y in looped]), rtol=rtol, atol=atol)
+        looped = [jitted(case.params, jax.tree.map(lambda a, i=i: a[i], xs), keys[i]) for i in range(n)]
+    with checking("vmap", layer.name, "", what):
+        chex.assert_trees_all_close(batched, stack_trees([y for y, _ in looped]), rtol=rtol, atol=atol)
+    with checking("vmap", layer.name, "", f"{what}, each example with its own key"):
+        chex.assert_trees_all_close(batched_key, stack_trees([y for _, y in looped]), rtol=rtol, atol=atol)
+    claims = case.claims
+    if claims is not None and claims.batch_polymorphic and case.stateful is None:
+        # lm.forward then applies it to the whole batch at once, without vmap.
+        doing = f"apply(params, xs) on a whole batch of {n} (the layer says batch_polymorphic)"
+        with checking("vmap", layer.name, doing):
+            whole = layer.apply(case.params, case.xs)
+        with checking("vmap", layer.name, "",
+                       f"the layer says batch_polymorphic (each example computed alone along "
+                       f"leading axes), so lm.forward applies it to the whole batch at once, but "
+                       f"{doing} differs from jax.vmap(apply): examples would mix"):
+            chex.assert_trees_all_close(whole, batched, rtol=rtol, atol=atol)
 
-
-def _check_gradient(case: _Case, rng: np.random.Generator, eps: float, x2: Any) -> None:
-    name = case.layer.name
-    # Integer input (token ids) has no gradient: only params are free then.
-    which = (0, 1) if jnp.issubdtype(case.input_dtype, jnp.floating) else (0,)
-    labels = [("params", "input")[i] for i in which]
-    with enable_x64(True):
-        # Eager, with NumPy arrays for check_grads to perturb (as in the vmap
-        # check): eager programs are shared by models of equal shapes.
-        apply64, floats, x = _in_float64(case)
-
-        def f(float_params, x):  # flat, so tuple outputs (parallel) work too
-            return ravel_pytree(apply64(float_params, x))[0]
-
-        args = (floats, x)
-        if not jax.tree.leaves([args[i] for i in which]):
-            return  # nothing to differentiate: integer input, no float params
-        with _checking("gradient", name, "differentiating apply with jax.vjp"):
-            out, vjp = jax.vjp(_holding(f, args, which), *(args[i] for i in which))
-            grads = vjp(rng.standard_normal(out.shape).astype(out.dtype))
-        for what, tree in zip(labels, grads):
-            if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(tree)):
-                raise LayerCheckError("gradient", name,
-                                      f"the gradient with respect to {what} holds NaN or infinity")
-        with _checking("gradient", name, "tracing apply with jax.make_jaxpr"):
-            bits = _min_compute_bits(jax.make_jaxpr(apply64)(floats, x))
-        if bits <= 16:
-            return  # finite differences in 16 bits are noise
-        step, tol = (eps, 1e-5) if bits == 64 else (1e-3, 1e-2)
-
-        def check(args, which=which):
-            check_grads(_holding(f, args, which), [args[i] for i in which], order=1,
-                        modes=["rev"], eps=step, atol=tol, rtol=tol)
-
-        doing = "checking gradients against finite differences"
-        try:
-            with _checking("gradient", name, doing):
-                check(args)
-        except LayerCheckError as error:
-            if not isinstance(error.__cause__, AssertionError):
-                raise
-            # A kink (relu's at 0) straddled by the step does not repeat at
-            # another input; a wrong derivative does.
-            args = (floats, _as_float64(x2))
-            with _checking("gradient", name, doing,
-                           f"reverse-mode gradients with respect to {_culprit(check, args, which)} "
-                           f"differ from finite differences (step {step}, tolerance {tol}) "
-                           f"at two random inputs"):
-                check(args)
-
-
-def _holding(f, args, which):
-    """`f` as a function of the arguments at positions `which`, the others held at `args`."""
-
-    def g(*free):
-        full = list(args)
-        for i, arg in zip(which, free):
-            full[i] = arg
-        return f(*full)
-
-    return g
-
-
-def _culprit(check, args, which) -> str:
-    """Which of params and input has the wrong gradient, for the message."""
-    wrong = []
-    for i in which:
-        if not jax.tree.leaves(args[i]):
-            continue  # no float params
-        try:
-            check(args, (i,))
-        except Exception:  # noqa: BLE001 - any failure marks the argument
-            wrong.append(("params", "input")[i])
-    return " and ".join(wrong) or "params and input together"
-
-
-def _in_float64(case: _Case):
-    """`(apply64, float_params, x)`: apply as a function of the float params leaves."""
-    leaves, treedef = jax.tree.flatten(case.params)
-    where = [i for i, leaf in enumerate(leaves) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
-    # A float32 state would make the layer compute in float32, loosening the check.
-    layer = case.layer if case.stateful is None else _inference_view(case.stateful, _as_float64(case.state))
-
-    def apply64(float_leaves, x):
-        full = list(leaves)
-        for i, leaf in zip(where, float_leaves):
-            full[i] = leaf
-        return layer.apply(jax.tree.unflatten(treedef, full), x)
-
-    return apply64, [_as_float64(leaves[i]) for i in where], _as_float64(case.x)
-
-
-def _min_compute_bits(closed_jaxpr: Any) -> int:
-    """The lowest float precision a jaxpr computes in, sub-jaxprs included.
-
-    Counts the outputs of every equation (and of the jaxpr), not its inputs
-    or constants: a float32 constant that float64 arithmetic promotes costs
-    no precision, a cast to float32 and what follows it does. Sub-jaxprs are
-    found by shape, whatever the primitive calls them (`jit`'s `jaxpr`,
-    `cond`'s `branches`, `custom_vjp`'s `call_jaxpr`, ...).
-
-    Returns:
-      The width in bits, 64 when nothing is narrower.
-    """
-    bits = [_float_bits(aval) for aval in closed_jaxpr.out_avals]
-    todo = [closed_jaxpr.jaxpr]
-    while todo:
-        jaxpr = todo.pop()
-        for eqn in jaxpr.eqns:
-            bits.extend(_float_bits(var.aval) for var in eqn.outvars)
-            for param in eqn.params.values():
-                todo.extend(_sub_jaxprs(param))
-    return min((b for b in bits if b), default=64)
-
-
-def _sub_jaxprs(param: Any) -> list:
-    if isinstance(param, (tuple, list)):
-        return [j for p in param for j in _sub_jaxprs(p)]
-    if hasattr(param, "eqns"):  # a Jaxpr
-        return [param]
-    if hasattr(getattr(param, "jaxpr", None), "eqns"):  # a ClosedJaxpr
-        return [param.jaxpr]
-    return []
-
-
-def _float_bits(aval: Any) -> int:
-    """Width of a float (or complex) aval's dtype in bits; 0 for any other aval."""
-    dtype = getattr(aval, "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
-        return 0
-    return jnp.finfo(dtype).bits
-
-
-def _check_dtype(case: _Case, want: Any) -> None:
+def _check_dtype(case: Case, want: Any) -> None:
     want = jnp.dtype(want)
     for path, leaf in jax.tree_util.tree_leaves_with_path(case.y):
         got = jnp.result_type(leaf)
@@ -630,165 +412,8 @@ def _check_dtype(case: _Case, want: Any) -> None:
                 f"{want} (pass dtype= to check_layer for a layer with its own compute dtype)",
             )
 
-
-def _train_batch(layer: Layer, out_axes: Any = (0, None)):
-    """`train(params, state, xs, keys) -> (ys, new_state)`: one training call over a batch."""
-
-    def train(params, state, xs, keys):
-        def one(x, k):
-            return layer.apply(params, x, key=k, state=state, train=True)
-
-        return jax.vmap(one, out_axes=out_axes, axis_name=BATCH_AXIS)(xs, keys)
-
-    return train
-
-
-def _check_state(case: _Case) -> None:
-    """Inference keeps the state; training makes one state per batch, the same each time and under jit."""
-    layer, params, state = case.stateful, case.params, case.state
-    name, n = layer.name, jax.tree.leaves(case.xs)[0].shape[0]
-    with _checking("state", name, "apply(params, x, state=state, train=False)"):
-        _, kept = layer.apply(params, case.x, state=state, train=False)
-    mismatch = _state_mismatch(state, kept)
-    if mismatch:
-        raise LayerCheckError("state", name,
-                              f"inference (train=False) must return the state unchanged, but {mismatch}")
-
-    training = (f"training (train=True) under jax.vmap(..., axis_name={BATCH_AXIS!r}, "
-                f"out_axes=(0, None)) over {n} examples")
-    train, keys = _train_batch(layer), jax.random.split(case.key, n)
-    with _checking("state", name, training):
-        try:
-            ys, new = train(params, state, case.xs, keys)
-        except ValueError as error:
-            if "but out_axes is None" not in str(error):  # jax.vmap's words for it
-                raise
-            varying = _varying_leaves(layer, params, state, case.xs, keys)
-            raise LayerCheckError(
-                "state", name,
-                f"in {training} the new state differs between examples{varying}; a layer "
-                f"with state must reduce over the batch, e.g. with "
-                f"jax.lax.pmean(value, {BATCH_AXIS!r}) (jax.vmap said: {error})",
-            ) from error
-    mismatch = _state_mismatch(state, new, values=False)
-    if mismatch:
-        raise LayerCheckError("state", name,
-                              f"{training} must return a state like init_state's, but {mismatch}")
-    bad = _non_finite(new)
-    if bad:
-        raise LayerCheckError("state", name, f"{training} returns a state whose leaf {bad}")
-
-    with _checking("state", name, f"{training}, a second time"):
-        _, again = train(params, state, case.xs, keys)
-    mismatch = _state_mismatch(new, again)
-    if mismatch:
-        raise LayerCheckError(
-            "state", name,
-            f"two calls of {training} with the same batch and keys must return the same "
-            f"state, but {mismatch}",
-        )
-
-    rtol, atol = _tolerance(case)
-    with _checking("state", name, f"jax.jit of {training}"):
-        ys_jit, new_jit = jax.jit(train)(params, state, case.xs, keys)
-    with _checking("state", name, "", f"the new state of jax.jit({training}) differs from eager"):
-        chex.assert_trees_all_close(new_jit, new, rtol=rtol, atol=atol)
-    with _checking("state", name, "", f"the output of jax.jit({training}) differs from eager"):
-        chex.assert_trees_all_close(ys_jit, ys, rtol=rtol, atol=atol)
-
-
-def _varying_leaves(layer: Layer, params: Params, state: Any, xs: Any, keys: jax.Array) -> str:
-    """Which state leaves differ between examples, and by how much: `": leaf 'ema' by up to 2.1"`."""
-    try:
-        _, per_example = _train_batch(layer, out_axes=0)(params, state, xs, keys)
-    except Exception:  # noqa: BLE001 - only a hint for the message
-        return ""
-    found = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(per_example):
-        values = _number(_host(leaf))
-        if values.size and np.any(values != values[:1]):
-            spread = float(np.max(np.abs(values - values[:1])))
-            found.append(f"leaf {path_str(path) or '(root)'!r} by up to {spread:.3g}")
-    return f": {', '.join(found)}" if found else ""
-
-
-def _state_mismatch(want: Any, got: Any, values: bool = True) -> str:
-    """What first differs between two states, as a phrase; `""` if nothing does.
-
-    Compares tree, then each leaf's shape and dtype, then (with `values`)
-    its bits.
-    """
-    if jax.tree.structure(got) != jax.tree.structure(want):
-        return f"the state tree is {jax.tree.structure(got)}, expected {jax.tree.structure(want)}"
-    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
-        where = f"state leaf {path_str(path) or '(root)'!r}"
-        (w_shape, w_dtype), (g_shape, g_dtype) = _spec(w), _spec(g)
-        if (g_shape, g_dtype) != (w_shape, w_dtype):
-            return f"{where} is {g_dtype}{list(g_shape)}, expected {w_dtype}{list(w_shape)}"
-        if not values or not np.size(w):
-            continue
-        a, b = _host(w), _host(g)
-        # Bits, element by element: -0.0 is not 0.0, and NaN is NaN.
-        differ = np.any(a.view(np.uint8).reshape(a.size, -1) != b.view(np.uint8).reshape(b.size, -1),
-                        axis=1)
-        if np.any(differ):
-            diff = np.max(np.abs(_number(a) - _number(b)))
-            return (f"{where} (shape {w_shape}) differs in {int(np.sum(differ))} of {a.size} "
-                    f"value(s), max absolute difference {diff:.3g}")
-    return ""
-
-
-def _spec(leaf: Any) -> tuple[tuple[int, ...], Any]:
-    return tuple(jnp.shape(leaf)), jnp.result_type(leaf)
-
-
-def _host(leaf: Any) -> np.ndarray:
-    """A state leaf as a NumPy array; a PRNG key as its key data."""
-    if jnp.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
-        leaf = jax.random.key_data(leaf)
-    return np.ascontiguousarray(leaf)
-
-
-def _number(a: np.ndarray) -> np.ndarray:
-    """`a` in a dtype that subtracts: complex128 or float64."""
-    return a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
-
-
-def _min_float_bits(tree: Any) -> int:
-    """The lowest precision among the floating leaves of `tree` (a layer's output)."""
-    return min((jnp.finfo(leaf.dtype).bits for leaf in jax.tree.leaves(tree)
-                if jnp.issubdtype(leaf.dtype, jnp.inexact)), default=64)
-
-
-def _tolerance(case: _Case) -> tuple[float, float]:
-    if _min_float_bits(case.y) <= 16:
-        return max(case.rtol, 1e-2), max(case.atol, 1e-2)
-    return case.rtol, case.atol
-
-
-def _as_float64(tree: Any) -> Any:
-    """Float leaves as float64 NumPy arrays; integer leaves (token ids) as they are."""
-
-    # NumPy, not jnp: a jnp cast compiles once per leaf shape.
-    def cast(a):
-        a = np.asarray(a)
-        return a.astype(np.float64) if jnp.issubdtype(a.dtype, jnp.inexact) else a
-
-    return jax.tree.map(cast, tree)
-
-
-def _stack(trees: list) -> Any:
-    return jax.tree.map(lambda *leaves: np.stack([np.asarray(a) for a in leaves]), *trees)
-
-
-def _is_shape(s: Any) -> bool:
-    return isinstance(s, (tuple, list)) and all(
-        isinstance(d, int) and not isinstance(d, bool) for d in s
-    )
-
-
 def _as_input_shape(input_shape: Any) -> Any:
-    if _is_shape(input_shape):
+    if is_shape(input_shape):
         return tuple(input_shape)
     if isinstance(input_shape, (tuple, list)) and input_shape:
         return tuple(_as_input_shape(s) for s in input_shape)
@@ -799,7 +424,6 @@ def _as_input_shape(input_shape: Any) -> Any:
         TypeError,
     )
 
-
 def _as_input_dtype(input_dtype: Any) -> np.dtype:
     expected = "input_dtype must be a float or integer dtype such as jnp.float32 or jnp.int32"
     try:
@@ -809,7 +433,6 @@ def _as_input_dtype(input_dtype: Any) -> np.dtype:
     if dtype is None or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
         raise layer_error("check_layer", f"{expected}, got {input_dtype!r}", TypeError)
     return jax.dtypes.canonicalize_dtype(dtype)
-
 
 def _check_int_high(int_high: Any, input_dtype: np.dtype) -> None:
     if isinstance(int_high, bool) or not isinstance(int_high, (int, np.integer)):
@@ -824,28 +447,17 @@ def _check_int_high(int_high: Any, input_dtype: np.dtype) -> None:
             ValueError,
         )
 
-
 def _random_input(rng: np.random.Generator, shape: Any, dtype: np.dtype, int_high: int,
                   batch: Optional[int] = None) -> Any:
-    if not _is_shape(shape):
+    if not is_shape(shape):
         return tuple(_random_input(rng, s, dtype, int_high, batch) for s in shape)
     size = (() if batch is None else (batch,)) + tuple(shape)
     if jnp.issubdtype(dtype, jnp.integer):
         return jax.device_put(rng.integers(0, int_high, size, dtype=dtype))
     return jax.device_put(rng.standard_normal(size, np.float32).astype(dtype))
 
-
-def _as_shape(shape: Any) -> Any:
-    """A declared output shape with lists made tuples, for comparison."""
-    if _is_shape(shape):
-        return tuple(shape)
-    if isinstance(shape, (tuple, list)):
-        return tuple(_as_shape(s) for s in shape)
-    return shape
-
-
 def _shape_id(shape: Any) -> str:
-    if _is_shape(shape):
+    if is_shape(shape):
         return "x".join(map(str, shape)) or "scalar"
     if isinstance(shape, (tuple, list)):
         return "|".join(_shape_id(s) for s in shape)

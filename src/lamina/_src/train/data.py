@@ -7,18 +7,10 @@ from typing import Any, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.core.layer import Layer, layer_error
+from lamina._src.core.checks import as_array  # noqa: F401 - the train step's too
+from lamina._src.core.errors import layer_error
+from lamina._src.core.layer import Layer
 from lamina._src.core.params import param_shapes
-
-
-def as_array(value: Any) -> Any:
-    """A (nested) Python list as one array; anything else as it came.
-
-    Called inside jitted functions, where a list arrives as a list of
-    tracers: stacking it there costs nothing per call, since it runs only
-    while JAX traces, and arrays pass through untouched.
-    """
-    return jnp.asarray(value) if isinstance(value, list) else value
 
 
 def as_dataset(where: str, data: Any) -> tuple[Any, Any]:

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.train.data import as_dataset, check_classes, check_targets, target_classes
+from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import apply_batch
-from lamina._src.core.layer import Layer, layer_error
+from lamina._src.core.layer import Layer
 from lamina._src.core.params import check_params
+from lamina._src.train.data import as_dataset, check_classes, check_targets, target_classes
 from lamina._src.train.step import _per_example_loss, _unpack_batch
 
 
@@ -91,7 +92,7 @@ class ArrayFeed:
             model, params, loss_fn, self.inputs[: self.size], self.targets[: self.size])
         self.steps = math.ceil(self.n / self.size) if self.masked else self.n // self.size
         self._step = _jit_array_step(step)
-        self._order = None
+        self._order: Any = None
 
     def describe(self) -> dict[str, Any]:
         return {"data": "arrays", "examples": self.n, "inputs": _spec(self.inputs),
@@ -207,6 +208,7 @@ class IterFeed:
 
     def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
         """`(i, batch)` for each batch `i` of the pass from `start` on; `batch` None if dropped."""
+        raw: Any
         if self._pending is not None:
             raw, first = self._pending
             self._pending = None

@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lamina._src.core.checks import check_key
+from lamina._src.core.errors import layer_error
+from lamina._src.core.forward import forward
+from lamina._src.core.layer import Layer, Params, missing_state
 from lamina._src.train.data import as_dataset, check_targets
 from lamina._src.train.feed import ArrayFeed, IterFeed, is_arrays
-from lamina._src.core.forward import forward
-from lamina._src.core.layer import Layer, Params, check_key, layer_error, missing_state
 from lamina._src.train.resume import Checkpoints, Run, fingerprint
 from lamina._src.train.step import (
     LossFn,
@@ -313,7 +315,7 @@ class _Progress:
                  per_pass: Optional[int], done: int):
         self.epochs, self.per_pass = epochs, per_pass
         self.enabled = enabled
-        self._bar = None
+        self._bar: Any = None
         self._examples, self._start = 0, time.perf_counter()
         if enabled:
             from tqdm.auto import tqdm

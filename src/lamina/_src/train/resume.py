@@ -23,7 +23,9 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from lamina._src.core.layer import Layer, layer_error
+from lamina._src.core.errors import layer_error
+from lamina._src.core.layer import Layer
+from lamina._src.version import __version__
 
 
 @dataclasses.dataclass
@@ -177,6 +179,4 @@ class Checkpoints:
 
 
 def _version() -> str:
-    from lamina import __version__  # lazily: lamina/__init__.py imports this module
-
     return __version__

@@ -20,7 +20,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lamina._src.core.layer import Layer, Params, check_layer_type, layer_error
+from lamina._src.core.errors import layer_error
+from lamina._src.core.layer import Layer, Params, check_layer_type
 from lamina._src.core.params import path_str
 from lamina._src.layers.stack import stacked_axes
 

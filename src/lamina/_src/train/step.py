@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lamina._src.train.data import as_array, as_dataset
+from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import apply_batch, apply_batch_state, forward
-from lamina._src.core.layer import Layer, Params, check_layer_type, layer_error
+from lamina._src.core.layer import Layer, Params, check_layer_type
 from lamina._src.core.params import check_params, path_str
+from lamina._src.train.data import as_array, as_dataset
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
@@ -224,7 +225,7 @@ def donated_error(where: str, path: str) -> Exception:
 def train_step(
     model: Layer, loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     donate: bool = True,
-) -> Callable[..., tuple[Params, Any, dict[str, jax.Array]]]:
+) -> Callable[..., tuple[Any, ...]]:
     """Returns a jitted `step(params, opt_state, batch, *, key=None)`.
 
     One step computes `loss = mean(loss_fn(outputs, targets))` over the batch
