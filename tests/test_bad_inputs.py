@@ -234,6 +234,39 @@ BAD_INPUTS = [
         [r"expected a tuple of length 2", r"got a tuple of length 1"]),
     Bad("accuracy-shape-mismatch", lambda: lm.accuracy(_x(4, 3), jnp.zeros(5, jnp.int32)), ValueError,
         [r"expected logits \(N, classes\) and labels \(N,\) or one-hot", r"got logits \(4, 3\) and labels \(5,\)"]),
+    # what a fault-and-hostile-input probe found raising raw errors
+    Bad("Dense-size-beyond-indexing", lambda: lm.Dense(10**12), ValueError,
+        [r"Dense: out_features must be at most 2\*\*31 - 1 = 2147483647", r"got 1000000000000"]),
+    Bad("init-shape-beyond-indexing", lambda: lm.Dense(3).init(_key(), (2**40,)), ValueError,
+        [r"input_shape dimensions must be at most 2\*\*31 - 1", r"got \(1099511627776,\)"]),
+    Bad("param_labels-list-of-rules", lambda: lm.param_labels(_params(), [r"0\..*"], "train"), TypeError,
+        [r"param_labels: rules must be a dict of regular expression -> label", r"got list"]),
+    Bad("per_example_grads-train-keyword",
+        lambda: lm.per_example_grads(_model(), xent)(_params(), _setup()[2:], train=True), TypeError,
+        [r"per_example_grads: train=True is not possible", r"always in inference mode"]),
+    Bad("to_torch-model-with-state-without-state",
+        lambda: lm.to_torch(lm.serial(lm.Dense(2), lm.BatchNorm()).init(_key(), (3,))[1],
+                            model=lm.serial(lm.Dense(2), lm.BatchNorm())), TypeError,
+        [r"to_torch: serial\(Dense\(2\), BatchNorm\(\)\) has state", r"pass state="]),
+    Bad("MultiHeadAttention-tuple-input",
+        lambda: lm.MultiHeadAttention(2).apply(lm.MultiHeadAttention(2).init(_key(), (3, 4))[1],
+                                               (_x(3, 4), _x(5, 4))), TypeError,
+        [r"MultiHeadAttention\(2\): expected one array, got a tuple of 2 inputs with shapes "
+         r"\(\(3, 4\), \(5, 4\)\)"]),
+    Bad("remat-policy-not-a-policy", lambda: lm.remat(lm.Dense(2), policy=lambda x, y: x), TypeError,
+        [r"remat: policy .* is not a checkpoint policy", r"instead of True or False"]),
+    Bad("fit-float-labels-integer-loss", lambda: _fit((_setup()[2], _setup()[3].astype(jnp.float32))),
+        ValueError, [r"fit: loss_fn softmax_cross_entropy_with_integer_labels fails",
+                     r"targets are float32, but .* takes integer class labels"]),
+    Bad("fit-one-hot-labels-integer-loss",
+        lambda: _fit((_setup()[2], jax.nn.one_hot(_setup()[3], 3).astype(jnp.int32))), ValueError,
+        [r"targets \(2, 3\) int32", r"look one-hot", r"labels\.argmax\(-1\)"]),
+    Bad("fit-embedding-id-out-of-range",
+        lambda: lm.fit(lm.serial(lm.Embedding(5, 2), lm.Flatten(), lm.Dense(3)),
+                       lm.serial(lm.Embedding(5, 2), lm.Flatten(), lm.Dense(3)).init(_key(), (2,))[1],
+                       optax.sgd(0.1), (jnp.array([[0, 1], [2, 7]]), jnp.array([0, 1])), loss_fn=xent,
+                       epochs=1, batch_size=2, key=_key(), progress=False), ValueError,
+        [r"fit: train_data: example 1: serial\[0\] Embedding\(5, 2\): id 7 at index \(1,\) is out of range"]),
 ]
 
 # --- files: lm.save / lm.load -----------------------------------------------
@@ -300,7 +333,41 @@ FILE_BAD_INPUTS = [
         [r"from_torch: torch has 1 module\(s\) with weights \['0'\]", r"lamina params have 2 weighted layer\(s\)"]),
     Bad("load_exported-not-an-artifact", lambda t: lm.load_exported(b"\x00" * 64), ValueError,
         [r"load_exported: not a jax\.export artifact", r"64 bytes"]),
+    Bad("load-a-folder", lambda t: lm.load(t), ValueError, [r"load\('.*'\): this is a folder"]),
+    Bad("load_exported-damaged-program", lambda t: lm.load_exported(_damaged_export()), ValueError,
+        [r"load_exported: not a jax\.export artifact"]),
+    Bad("load_model-unknown-keyword",
+        lambda t: lm.load_model(_edited_model(t, '"out_features": 3', '"out_features": 3, "colour": 1')),
+        ValueError, [r"load_model\(.*\): corrupted model description: Dense: .*colour"]),
 ]
+
+
+def _damaged_export():
+    data = bytearray(lm.export(_model(), _params(), (2,)))
+    start = data.find(b"ML\xefR")  # the StableHLO bytecode's magic number
+    assert start > 0
+    for i in range(start + 8, min(start + 400, len(data))):
+        data[i] ^= 0x5A
+    return bytes(data)
+
+
+def _edited_model(tmp_path, old, new):
+    """A file saved with model=, its model description edited as text (same length or not)."""
+    import json
+    import struct
+
+    path = tmp_path / "model.safetensors"
+    lm.save(path, _params(), model=_model())
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    text = header["__metadata__"]["lamina.model"]
+    assert old in text, text
+    header["__metadata__"]["lamina.model"] = text.replace(old, new)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n :])
+    return path
 
 
 @contextlib.contextmanager
@@ -344,7 +411,7 @@ def test_bad_file_input_is_rejected(bad, tmp_path):
 
 def test_catalogue_is_large_and_distinct():
     ids = [b.id for b in BAD_INPUTS + FILE_BAD_INPUTS]
-    assert len(ids) == len(set(ids)) and len(BAD_INPUTS) >= 25
+    assert len(ids) == len(set(ids)) and len(BAD_INPUTS) >= 84 and len(FILE_BAD_INPUTS) >= 14
 
 
 def test_deadline_stops_a_hang():

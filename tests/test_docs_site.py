@@ -101,3 +101,29 @@ def test_page_renders_offline(site, browser, page, heading, content):
         images = browser.execute_script(
             "return [...document.querySelectorAll('article img')].map(i => [i.getAttribute('src'), i.naturalWidth])")
         assert images and all(width > 0 for _, width in images), images
+
+
+@needs_browser
+def test_every_page_opens_at_the_top(site, browser):
+    """An embedded page (lm.visualize's, in an iframe) must never scroll the page around it."""
+    import time
+
+    scrolled = {}
+    for path in sorted(site.rglob("*.html")):
+        if "figures" in path.parts or path.name == "404.html":
+            continue
+        browser.get(path.as_uri())
+        time.sleep(0.3)  # let embedded pages run their scripts
+        y = browser.execute_script("return window.scrollY")
+        if y:
+            scrolled[str(path.relative_to(site))] = y
+    assert not scrolled, f"pages that open scrolled down (px): {scrolled}"
+
+
+def test_pages_lamina_writes_never_scroll_their_parent():
+    # The browser test above needs a Chromium; this is its reason, read in the source:
+    # scrollIntoView scrolls every scrollable ancestor, the embedding page's too.
+    for page in [ROOT / "src" / "lamina" / "_src" / "inspection" / "visualize_template.html",
+                 ROOT / "docs" / "figures" / "forward_propagation.html"]:
+        text = page.read_text(encoding="utf-8")
+        assert "scrollIntoView" not in text and "window.scroll" not in text, page

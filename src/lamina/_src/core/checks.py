@@ -37,6 +37,10 @@ def check_input_shape(name: str, input_shape: Any, min_rank: int = 0) -> tuple[i
         raise layer_error(
             name, f"input_shape dimensions must be >= 1, got {shape}"
         )
+    if any(d > MAX_SIZE for d in shape):
+        raise layer_error(
+            name, f"input_shape dimensions must be at most 2**31 - 1 = {MAX_SIZE}, got {shape}"
+        )
     if len(shape) < min_rank:
         raise layer_error(
             name,
@@ -55,7 +59,15 @@ def check_count(where: str, arg: str, value: Any, meaning: str = "") -> int:
         )
     if value < 1:
         raise layer_error(where, f"{arg} must be >= 1, got {value}")
+    if int(value) > MAX_SIZE:
+        # XLA's kernels index some axes with 32-bit ints: beyond this a
+        # program can abort the whole process instead of raising.
+        raise layer_error(where, f"{arg} must be at most 2**31 - 1 = {MAX_SIZE}, got {value}")
     return int(value)
+
+
+MAX_SIZE = 2**31 - 1
+"""The largest size lamina accepts for an axis or a count."""
 
 
 def check_key(name: str, key: Any, *, optional: bool = False) -> None:
@@ -82,9 +94,18 @@ def check_key(name: str, key: Any, *, optional: bool = False) -> None:
 
 def check_float_input(name: str, x: Any) -> jax.Array:
     """Returns `x` as an array, raising a TypeError unless it is floating."""
+    if isinstance(x, tuple) and any(hasattr(leaf, "shape") for leaf in jax.tree.leaves(x)):
+        # jnp.asarray would stack equal shapes into one array without a word.
+        raise layer_error(
+            name,
+            f"expected one array, got a tuple of {len(x)} inputs with shapes {shape_of(x)}; "
+            f"this layer takes a single input (a tuple is for Concat, or for a parallel's "
+            f"branches)",
+            TypeError,
+        )
     try:
         x = jnp.asarray(x)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise layer_error(
             name, f"expected a floating-point array, got {type(x).__name__} {reprlib.repr(x)}",
             TypeError,
@@ -144,3 +165,36 @@ def as_array(value: Any) -> Any:
     while JAX traces, and arrays pass through untouched.
     """
     return jnp.asarray(value) if isinstance(value, list) else value
+
+
+def check_int32(where: str, tree: Any, what: str = "xs") -> None:
+    """Refuses host integers that JAX would silently wrap when it makes them 32-bit.
+
+    Unless `jax_enable_x64` is set, JAX turns an int64 NumPy array into
+    int32 by dropping the high bits: id 2**32 + 3 becomes 3, a valid-looking
+    row of any embedding table. Arrays already on a device are left alone
+    (they are 32-bit already).
+    """
+    if jax.config.read("jax_enable_x64"):
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not isinstance(leaf, (np.ndarray, np.generic)) or leaf.dtype.itemsize != 8:
+            continue
+        if leaf.dtype.kind not in "iu":
+            continue
+        target = np.int32 if leaf.dtype.kind == "i" else np.uint32
+        info = np.iinfo(target)
+        values = np.asarray(leaf)
+        bad = (values < info.min) | (values > info.max)
+        if np.any(bad):
+            index = tuple(int(i) for i in np.argwhere(np.atleast_1d(bad))[0]) if np.ndim(bad) else ()
+            value = values[index] if index else values
+            name = what + jax.tree_util.keystr(path)
+            raise layer_error(
+                where,
+                f"{name} holds {int(value)} at index {index}, which does not fit "
+                f"{np.dtype(target).name}: JAX keeps integers in 32 bits unless "
+                f"jax_enable_x64 is set, and would silently wrap it to "
+                f"{int(np.asarray(value).astype(target))}. Keep ids and labels below "
+                f"{info.max + 1}, or enable 64-bit mode",
+            )

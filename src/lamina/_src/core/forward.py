@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from lamina._src.core.checks import as_array, check_key, shape_of
+from lamina._src.core.checks import as_array, check_int32, check_key, shape_of
 from lamina._src.core.errors import LaminaError, layer_error
 from lamina._src.core.layer import Layer, Params, check_layer_type, missing_state
 
@@ -67,7 +67,30 @@ def _jitted_forward(model: Layer) -> Callable[..., Any]:
     # names its files by it too, where a deep model's full name is too long.
     name = model.name if len(model.name) <= 60 else model.name[:57] + "..."
     fwd.__name__ = f"forward[{name}]"
-    return jax.jit(fwd, static_argnames="train")
+    return _Checked(model.name, jax.jit(fwd, static_argnames="train"))
+
+
+class _Checked:
+    """A jitted function that first refuses host inputs JAX would change silently.
+
+    Inside the jitted function it is too late: JAX has already made an int64
+    id 32-bit by then. Everything else (`lower`, `trace`, ...) is the jitted
+    function's own.
+    """
+
+    def __init__(self, where: str, jitted: Callable[..., Any]):
+        self._where, self._jitted = where, jitted
+        functools.update_wrapper(self, jitted)
+
+    def __call__(self, params: Params, xs: Any, **kwargs: Any) -> Any:
+        if not isinstance(xs, jax.Array):  # a device array is 32-bit already: no cost per call
+            check_int32(self._where, xs)
+        return self._jitted(params, xs, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_jitted":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self._jitted, name)
 
 
 def batch_size(where: str, xs: Any) -> int:

@@ -87,6 +87,13 @@ def param_labels(params: Params, rules: Mapping[str, Any], default: Any) -> Para
       >>> lm.param_labels(params, {r".*\.W": True}, False)
       ({'W': True, 'b': False}, {'W': True, 'b': False})
     """
+    if not isinstance(rules, Mapping):
+        raise layer_error(
+            "param_labels",
+            f"rules must be a dict of regular expression -> label, e.g. {{r'0\\..*': 'frozen'}}, "
+            f"got {type(rules).__name__} {rules!r:.80}",
+            TypeError,
+        )
     compiled = {}
     for rule in rules:
         try:

@@ -155,7 +155,7 @@ def check(layer: Any, spec: Spec, tree: Any, x_shape: Shape, what: str = "params
                 f"(params from another model?)",
             )
         return
-    _check_structure(layer, spec, want, tree, (), what)
+    check_structure(layer, spec, want, tree, (), what)
     arrays = {path: tuple(jnp.shape(_at(tree, path))) for path, _ in leaves(want)}
     _check_fits(name, want, arrays, x_shape)
     for path, p in leaves(want):
@@ -196,7 +196,7 @@ def _at(tree: Any, path: tuple) -> Any:
     return tree
 
 
-def _check_structure(layer: Any, spec: Spec, want: Spec, tree: Any, path: tuple,
+def check_structure(layer: Any, spec: Spec, want: Spec, tree: Any, path: tuple,
                      what: str) -> None:
     here = "params" + "".join(f"[{k!r}]" for k in path)
     if not isinstance(tree, Mapping):
@@ -232,7 +232,7 @@ def _check_structure(layer: Any, spec: Spec, want: Spec, tree: Any, path: tuple,
             layer.name, f"expected {here} {layout(want)}, got a dict with keys {sorted(got)}")
     for k, p in want.items():
         if not isinstance(p, Param):
-            _check_structure(layer, spec[k], p, tree[k], path + (k,), what)  # type: ignore[arg-type]
+            check_structure(layer, spec[k], p, tree[k], path + (k,), what)  # type: ignore[arg-type]
 
 
 def _check_fits(name: str, want: Spec, arrays: dict[tuple, Shape], x_shape: Shape) -> None:

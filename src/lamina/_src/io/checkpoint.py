@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any, Mapping, Optional, Union
 
 import jax
@@ -24,7 +25,7 @@ from lamina._src.core.errors import LaminaError, layer_error
 from lamina._src.core.layer import Layer, Params, check_layer_type
 from lamina._src.core.params import params_like, path_str
 from lamina._src.io import config
-from lamina._src.io.files import write_atomically
+from lamina._src.io.files import remove_stale_temporaries, write_atomically
 from lamina._src.version import __version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -251,7 +252,10 @@ def load_model(path: PathLike) -> tuple[Layer, Params]:
             "by lamina); load its params with lm.load(path, like=(model, input_shape))",
         )
     _check_format(metadata, where)
-    return config.from_json(metadata[_MODEL_KEY], where), _recorded_tree(tensors, metadata, where)
+    model = config.from_json(metadata[_MODEL_KEY], where)
+    params = _recorded_tree(tensors, metadata, where)
+    config.check_structure(model, params, where)
+    return model, params
 
 
 def read_safetensors(path: PathLike, where: str) -> dict[str, np.ndarray]:
@@ -382,12 +386,30 @@ def _names(tensors: Mapping[str, Any]) -> str:
 
 
 def _read(path: PathLike, where: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    remove_stale_temporaries(os.fspath(path))
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        info = os.stat(path)
     except FileNotFoundError:
         raise layer_error(where, f"no file at {os.fspath(path)!r}", FileNotFoundError) from None
-    header = _header(data, where)
+    if stat.S_ISDIR(info.st_mode):
+        raise layer_error(where, "this is a folder, not a safetensors file")
+    if not stat.S_ISREG(info.st_mode):
+        # Opening a FIFO would wait for a writer forever; a device could be endless.
+        raise layer_error(where, "not a regular file (a pipe or a device?), so not a safetensors file")
+    with open(path, "rb") as f:
+        # The header first: it says how many bytes follow, so a huge or
+        # endless file is never read whole just to find out it is not ours.
+        data = f.read(8)
+        if len(data) == 8:
+            length = int.from_bytes(data, "little")
+            data += f.read(min(length, _MAX_HEADER, max(info.st_size - 8, 0)))
+        header = _header(data, where, info.st_size)
+        end = len(data) + _data_size(header)
+        if info.st_size > end:  # never read: a file is its header and the data it names
+            raise layer_error(
+                where, f"corrupted safetensors file ({info.st_size - end} bytes follow the "
+                f"tensors' data, which ends at byte {end})")
+        data += f.read(end - len(data))
     try:
         views = safetensors.deserialize(data)
     except safetensors.SafetensorError as error:
@@ -405,9 +427,16 @@ def _read(path: PathLike, where: str) -> tuple[dict[str, np.ndarray], dict[str, 
     return tensors, dict(header.get("__metadata__") or {})
 
 
-def _header(data: bytes, where: str) -> dict:
-    """Parses the header, saying what the file is when it is not safetensors."""
-    size = len(data)
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the header's length
+
+
+def _data_size(header: dict) -> int:
+    return max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+
+
+def _header(data: bytes, where: str, size: int) -> dict:
+    """Parses the header at the start of `data` (the file's first bytes, `size` in all),
+    saying what the file is when it is not safetensors."""
     # A safetensors file starts with the header's length (8 bytes) and then
     # its JSON; checked first, since a length's first bytes can look like
     # a pickle's magic number.
@@ -430,6 +459,10 @@ def _header(data: bytes, where: str) -> dict:
             f"header length followed by JSON",
         )
     length = int.from_bytes(data[:8], "little")
+    if length > _MAX_HEADER:
+        raise layer_error(
+            where, f"corrupted safetensors file: its header would be {length} bytes long, more "
+            f"than the {_MAX_HEADER} safetensors allows")
     if 8 + length > size:
         raise layer_error(
             where,
@@ -438,12 +471,12 @@ def _header(data: bytes, where: str) -> dict:
         )
     try:
         header = json.loads(data[8 : 8 + length])
-        end = max(
-            (t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0
-        )
+        end = _data_size(header)
+        if not isinstance(end, int) or end < 0:
+            raise ValueError(f"data offsets end at {end!r}")
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
         raise layer_error(where, f"corrupted safetensors header: {error}") from None
-    if isinstance(end, int) and 8 + length + end > size:
+    if 8 + length + end > size:
         raise layer_error(
             where,
             f"truncated safetensors file: its tensors need {end} bytes of data, but "

@@ -18,13 +18,19 @@ import json
 import math
 from typing import Any
 
+import jax
 import numpy as np
 
-from lamina._src.core.builtin import Builtin
-from lamina._src.core.errors import join_path, layer_error
-from lamina._src.core.layer import Layer
+from lamina._src.core.builtin import Builtin, Wrapper
+from lamina._src.core.errors import LaminaError, join_path, layer_error
+from lamina._src.core.layer import Layer, children
+from lamina._src.core.params import path_str
+from lamina._src.core.spec import check_structure as spec_check_structure
+from lamina._src.core.spec import present
 from lamina._src.layers import initializers
+from lamina._src.layers.combinators import _Combinator
 from lamina._src.layers.registry import LAYERS
+from lamina._src.layers.stack import stack
 
 FORMAT = 1
 
@@ -40,12 +46,21 @@ def to_json(model: Layer, where: str) -> str:
                       sort_keys=True, allow_nan=False)
 
 
+MAX_DEPTH = 64
+"""How deeply layers may nest in a description: far beyond any real model, far below Python's stack."""
+
+
 def from_json(text: str, where: str) -> Builtin:
-    """The model `to_json` described; errors name `where` (the file)."""
+    """The model `to_json` described; errors name `where` (the file).
+
+    Whatever the text holds, the result is one of lamina's layers or a
+    `LaminaError` naming `where`: never another object, a raw error from a
+    constructor, or a crash on deep nesting.
+    """
     try:
         data = json.loads(text)
         version, model = data["format"], data["model"]
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, RecursionError) as error:
         raise layer_error(where, f"corrupted model description: {error}") from None
     if version != FORMAT:
         raise layer_error(
@@ -53,7 +68,10 @@ def from_json(text: str, where: str) -> Builtin:
             f"the model is described in format {version!r}; this lamina reads format "
             f"{FORMAT}. Upgrade lamina.",
         )
-    return _decode(model, where)
+    if not (isinstance(model, dict) and set(model) == {"layer", "config"}):
+        raise layer_error(
+            where, f"corrupted model description: expected a layer at the top, got {model!r:.80}")
+    return _decode(model, where, 0)
 
 
 def _encode(value: Any, path: str, where: str) -> Any:
@@ -112,23 +130,36 @@ def _plain(value: Any, refuse) -> Any:
     raise refuse(f"a {type(value).__name__}")
 
 
-def _decode(node: Any, where: str) -> Any:
+def _decode(node: Any, where: str, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise layer_error(
+            where, f"corrupted model description: nested deeper than {MAX_DEPTH} levels")
     if isinstance(node, list) or not isinstance(node, dict):
         if isinstance(node, (list, dict)):
-            raise layer_error(where, f"corrupted model description: unexpected {node!r}")
+            raise layer_error(where, f"corrupted model description: unexpected {node!r:.80}")
         return node
-    if len(node) == 1 and "tuple" in node:
-        return tuple(_decode(v, where) for v in node["tuple"])
+    if len(node) == 1 and "tuple" in node and isinstance(node["tuple"], list):
+        return tuple(_decode(v, where, depth + 1) for v in node["tuple"])
     if len(node) == 1 and "dtype" in node:
         return np.dtype(_dtype_name(node["dtype"], where))
-    if set(node) == {"layer", "config"}:
-        cls = _public(node["layer"], Builtin, where)
-        config = {k: _decode(v, where) for k, v in node["config"].items()}
-        return cls.from_config(config)  # type: ignore[attr-defined]
-    if set(node) == {"initializer", "config"}:
-        cls = _public(node["initializer"], initializers.Initializer, where)
-        return cls(**node["config"])
-    raise layer_error(where, f"corrupted model description: unexpected {node!r}")
+    if set(node) in ({"layer", "config"}, {"initializer", "config"}):
+        base = Builtin if "layer" in node else initializers.Initializer
+        cls = _public(node.get("layer", node.get("initializer")), base, where)
+        if not isinstance(node["config"], dict):
+            raise layer_error(
+                where, f"corrupted model description: the config of {cls.__name__} must be "
+                f"a dict of arguments, got {node['config']!r:.80}")
+        config = {k: _decode(v, where, depth + 1) for k, v in node["config"].items()}
+        try:
+            if base is Builtin:
+                return cls.from_config(config)  # type: ignore[attr-defined]
+            return cls(**config)
+        except LaminaError as error:
+            raise layer_error(where, f"corrupted model description: {error}") from None
+        except (TypeError, ValueError) as error:  # e.g. an unknown keyword
+            raise layer_error(
+                where, f"corrupted model description: {cls.__name__}: {error}") from None
+    raise layer_error(where, f"corrupted model description: unexpected {node!r:.80}")
 
 
 def _public(name: Any, base: type, where: str) -> type:
@@ -149,6 +180,65 @@ def _dtype_name(name: Any, where: str) -> str:
     import jax.numpy as jnp
 
     try:
-        return jnp.dtype(name).name
+        dtype = jnp.dtype(name)
     except TypeError:
         raise layer_error(where, f"corrupted model description: unknown dtype {name!r}") from None
+    # Not void, object, str or dates: no layer computes in those.
+    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+        raise layer_error(
+            where, f"corrupted model description: dtype {name!r} is not a numeric dtype")
+    return dtype.name
+
+
+def check_structure(model: Layer, params: Any, where: str) -> None:
+    """Raises unless `params` have the structure `model` gives its params, at every layer.
+
+    Shapes need the input shape, which a file does not record; the structure
+    (a tuple per combinator, the declared keys per layer, nothing at a
+    parameterless layer) does not, and catches params saved with another
+    model or a description edited after the save.
+    """
+    def walk(layer: Layer, tree: Any, path: tuple) -> None:
+        here = path_str(path) or "(root)"
+        if isinstance(layer, Builtin) and type(layer).init is Builtin.init:
+            # Its params are exactly its declaration (none, for a parameterless layer).
+            declared = present(layer, layer.params_spec())
+            if declared:
+                try:
+                    spec_check_structure(layer, layer.params_spec(), declared, tree, (), "params")
+                except LaminaError as error:
+                    raise layer_error(
+                        where, f"params at {here!r} do not fit the model: {error}") from None
+            elif jax.tree.leaves(tree):
+                raise layer_error(
+                    where, f"params at {here!r} do not fit the model: {layer.name} has no "
+                    f"params, but the file holds arrays there")
+            return
+        if isinstance(layer, Wrapper):
+            # A stack's params are its layer's, each leaf with a leading copies axis.
+            if layer.shares or isinstance(layer, stack):
+                walk(layer.inner, tree, path)
+            elif not isinstance(tree, (tuple, list)) or len(tree) != 1:
+                raise layer_error(
+                    where, f"params at {here!r} do not fit the model: {layer.name} expects a "
+                    f"tuple of 1 entry (its layer's params), got {_kind(tree)}")
+            else:
+                walk(layer.inner, tree[0], path + (0,))
+            return
+        kids = children(layer)
+        if not kids or not isinstance(layer, _Combinator):
+            return  # a layer that lays out its own params (e.g. a transformer block)
+        if not isinstance(tree, (tuple, list)) or len(tree) != len(kids):
+            raise layer_error(
+                where, f"params at {here!r} do not fit the model: {layer.name} expects a "
+                f"tuple of {len(kids)} entries (one per layer), got {_kind(tree)}")
+        for i, (_, child) in enumerate(kids):
+            walk(child, tree[i], path + (i,))
+
+    walk(model, params, ())
+
+
+def _kind(tree: Any) -> str:
+    if isinstance(tree, (tuple, list)):
+        return f"a {type(tree).__name__} of length {len(tree)}"
+    return type(tree).__name__

@@ -128,7 +128,10 @@ def load_exported(data: Union[bytes, bytearray]) -> Callable[[jax.typing.ArrayLi
         )
     try:
         exported = jax.export.deserialize(bytearray(data))
-    except Exception as error:  # noqa: BLE001 - flatbuffers raises many kinds
+        # The program itself is parsed only when first needed: parse it now, so a
+        # damaged file fails here rather than at its first call.
+        exported.mlir_module()
+    except Exception as error:  # noqa: BLE001 - flatbuffers and MLIR raise many kinds
         raise layer_error(
             "load_exported",
             f"not a jax.export artifact ({len(data)} bytes; {type(error).__name__}: {error})",

@@ -8,7 +8,8 @@ module with named submodules says which of its layers each is
 (`torch_children`).
 
 Layers are matched in order: the n-th lamina layer with weights takes the
-n-th torch module with weights, in state-dict order. Only order matters
+n-th torch module with weights, modules ordered by the indices in their keys
+(`2.weight` before `10.weight`, whatever order the dict or file gives). Only order matters
 because torch's activations are modules with their own index (`Linear,
 ReLU, Linear` holds keys `0.*` and `2.*`) while lamina's can be fused into
 `Dense`. With the model (`like=(model, input_shape)`), each layer is matched
@@ -53,10 +54,11 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
     Args:
       state_dict: `torch_model.state_dict()` (values torch tensors or arrays),
         or the path of a safetensors file saved from PyTorch (read without
-        torch, and never unpickled). A file keeps no module order, so its
-        modules are taken in numeric key order (`0.*`, `2.*`, `10.*`), as
-        `nn.Sequential` numbers them; for modules with named children pass
-        the state dict itself.
+        torch, and never unpickled). Modules are taken in the order of the
+        indices in their keys (`0.*`, `2.*`, `10.*`), as `nn.Sequential`
+        numbers them, whatever order the keys come in; named children
+        (`conv1.*`, `bn1.*`) in the order they first appear. The arrays
+        are copied, so torch's in-place updates never reach them.
       like: the params to fill: a params tree (arrays or
         `jax.ShapeDtypeStruct` leaves) or a `(model, input_shape)` pair.
 
@@ -161,6 +163,13 @@ def to_torch(
     """
     where = "to_torch"
     if model is not None:
+        if model.stateful and state is None:
+            raise layer_error(
+                where,
+                f"{model.name} has state (e.g. BatchNorm's running statistics), which torch "
+                f"keeps as buffers: pass state= (from lm.init_state or training) too",
+                TypeError,
+            )
         state = unstack_tree(model, state) if model.stateful else None
         units = _model_units(unrolled(model), unstack_tree(model, params), state, where)
     else:
@@ -176,7 +185,7 @@ def to_torch(
         )
     shapes = {k: tuple(v.shape) for k, v in like.items()} if isinstance(like, Mapping) else {}
     values = {}
-    for unit, names in _match(units, list(like), where):
+    for unit, names in _match(units, module_order(like), where):
         for local, tensor in unit.tensors.items():
             torch_key, value = names[local], np.array(tensor)
             if torch_key in shapes and shapes[torch_key] != value.shape:
@@ -194,10 +203,12 @@ def _read_torch(state_dict: Any) -> tuple[str, dict[str, np.ndarray]]:
     if isinstance(state_dict, (str, os.PathLike)):
         where = f"from_torch({os.fspath(state_dict)!r})"
         tensors = read_safetensors(state_dict, where)
-        # A file keeps no module order, so Sequential's numbering gives it.
-        return where, {k: tensors[k] for k in sorted(tensors, key=_natural_order)}
+        return where, {k: tensors[k] for k in module_order(tensors)}
     if isinstance(state_dict, Mapping):
-        return "from_torch", {k: _to_numpy(v) for k, v in state_dict.items()}
+        # Copied: torch updates its tensors in place (optimizer.step(), a
+        # BatchNorm's buffers), which must never reach lamina's params.
+        return "from_torch", {k: _to_numpy(v) for k, v in
+                              ((k, state_dict[k]) for k in module_order(state_dict))}
     raise layer_error(
         "from_torch",
         f"expected a torch state dict or the path of a safetensors file, got "
@@ -421,9 +432,28 @@ def _put(tree: Any, path: tuple, value: Any) -> Any:
     return type(tree)(items)
 
 
-def _natural_order(key: str) -> tuple:
-    # "2.weight" before "10.weight"; numbers sort before names.
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split("."))
+def module_order(keys: Any) -> list[str]:
+    """Torch keys in the order of their modules: indices by number, names as they first come.
+
+    A state dict's own order is not to be trusted: safetensors hands keys
+    back sorted as text (`0, 1, 10, 11, 2`), and a user may shuffle them.
+    `nn.Sequential`'s indices say the true order, so they sort by number
+    (`2.weight` before `10.weight`) wherever they appear; named children
+    (`conv1`, `bn1`) keep the order in which they first appear.
+    """
+    keys = list(keys)
+    first: dict[tuple, int] = {}
+    for key in keys:
+        parts = key.split(".")
+        for depth in range(len(parts)):
+            first.setdefault(tuple(parts[: depth + 1]), len(first))
+
+    def rank(key: str) -> tuple:
+        parts = key.split(".")
+        return tuple((0, int(part)) if part.isdigit() else (1, first[tuple(parts[: i + 1])])
+                     for i, part in enumerate(parts))
+
+    return sorted(keys, key=rank)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -433,5 +463,5 @@ def _to_numpy(value: Any) -> np.ndarray:
             # NumPy has no bfloat16, so torch cannot hand it over directly;
             # bfloat16 -> float32 -> bfloat16 is exact.
             return value.float().numpy().astype(ml_dtypes.bfloat16)
-        return value.numpy()
-    return np.asarray(value)
+        return value.numpy().copy()
+    return np.array(value, copy=True)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lamina._src.core.builtin import Builtin, Child, Wrapper
@@ -229,7 +230,34 @@ def _policy(where: str, arg: str, policy: Any) -> Optional[Union[str, Callable]]
         named = [name for name, fn in _POLICIES.items() if fn is policy]
         if named:  # stored by name: equal, hashable and writable to a file
             return named[0]
+        _check_policy(policy)
     return policy
+
+
+def _check_policy(policy: Callable) -> None:
+    """A policy answers, for one primitive, whether to keep its result; ask it once now.
+
+    jax would first call it while differentiating, far from where it was
+    given; a function that is not a policy fails there with an error about
+    something else.
+    """
+    from jax._src.interpreters import partial_eval  # the offloading policies' answers
+
+    kinds = tuple(getattr(partial_eval, n) for n in ("RecomputeType", "SaveableType",
+                                                     "Offloadable") if hasattr(partial_eval, n))
+    try:
+        answer = policy(jax.lax.sin_p)
+    except Exception as error:  # noqa: BLE001 - anything but an answer means it is not a policy
+        answer = error
+    if not isinstance(answer, (bool, np.bool_) + kinds):
+        raise layer_error(
+            "remat",
+            f"policy {policy!r} is not a checkpoint policy: asked about one primitive "
+            f"(policy(jax.lax.sin_p)), it gave {answer!r:.80} instead of True or False. Pass "
+            f"a function from jax.checkpoint_policies (e.g. "
+            f"jax.checkpoint_policies.dots_saveable), its name, or None",
+            TypeError,
+        )
 
 
 Policy = Annotated[Optional[Union[str, Callable]], Check(_policy)]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.core.checks import as_array  # noqa: F401 - the train step's too
-from lamina._src.core.errors import layer_error
-from lamina._src.core.layer import Layer
+from lamina._src.core.checks import (
+    as_array,  # noqa: F401 - the train step's too
+    check_int32,
+)
+from lamina._src.core.errors import LaminaError, layer_error
+from lamina._src.core.layer import Layer, children
 from lamina._src.core.params import param_shapes
+from lamina._src.layers.embedding import Embedding
 
 
 def as_dataset(where: str, data: Any) -> tuple[Any, Any]:
@@ -27,6 +32,8 @@ def as_dataset(where: str, data: Any) -> tuple[Any, Any]:
             + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""),
             TypeError,
         )
+    for what, value in zip(("inputs", "targets"), data):
+        check_int32(where, value if isinstance(value, jax.Array) else np.asarray(value), what)
     inputs, targets = (jnp.asarray(a) for a in data)
     if inputs.ndim < 1 or targets.ndim < 1:
         raise layer_error(
@@ -81,3 +88,36 @@ def check_classes(where: str, classes: Optional[int], targets: Any) -> None:
             f"{classes} outputs, got {values[bad[0]]} at index {bad[0]} "
             f"({bad.size} out of range)",
         )
+
+
+def check_ids(where: str, model: Layer, params: Any, inputs: Any) -> None:
+    """Integer inputs out of an embedding's range are refused, naming the layer and the id.
+
+    Inside a jitted step an out-of-range id gives a row of NaN (the only
+    thing a traced lookup can do), and the loss that follows reads as a
+    diverging run. So, where the ids could be out of range for one of the
+    model's tables, the examples holding the smallest and the largest id run
+    once eagerly, where the embedding sees their values and says which id.
+    """
+    if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim < 1 or inputs.size == 0:
+        return
+    tables = [layer.num_embeddings for layer in _layers(model) if isinstance(layer, Embedding)]
+    if not tables:
+        return
+    flat = np.asarray(inputs).reshape(inputs.shape[0], -1)
+    lows, highs = flat.min(axis=1), flat.max(axis=1)
+    if lows.min() >= 0 and highs.max() < min(tables):
+        return
+    state = model.init_state(tuple(inputs.shape[1:])) if model.stateful else ()
+    for row in dict.fromkeys((int(np.argmin(lows)), int(np.argmax(highs)))):
+        try:
+            model.call(params, state, inputs[row])
+        except LaminaError as error:
+            raise layer_error(where, f"example {row}: {error}") from None
+
+
+def _layers(layer: Layer) -> list[Layer]:
+    found = [layer]
+    for _, child in children(layer):
+        found += _layers(child)
+    return found

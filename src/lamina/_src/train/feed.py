@@ -10,6 +10,7 @@ that returns one scalar, cannot mask padding; then short batches are dropped.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import math
@@ -19,11 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lamina._src.core.checks import check_int32
 from lamina._src.core.errors import layer_error
-from lamina._src.core.forward import apply_batch
+from lamina._src.core.forward import apply_batch, apply_batch_state
 from lamina._src.core.layer import Layer
 from lamina._src.core.params import check_params
-from lamina._src.train.data import as_dataset, check_classes, check_targets, target_classes
+from lamina._src.train.data import (
+    as_dataset,
+    check_classes,
+    check_ids,
+    check_targets,
+    target_classes,
+)
 from lamina._src.train.step import _per_example_loss, _unpack_batch
 
 
@@ -54,11 +62,51 @@ def _holds_pairs(items: list) -> bool:
 
 
 def _returns_scalar(model, params, loss_fn, inputs, targets) -> bool:
-    loss = jax.eval_shape(
-        lambda p, x, y: _per_example_loss(loss_fn, apply_batch(model, p, x), y),
-        params, inputs, targets,
-    )
+    """Whether `loss_fn` gives one scalar per batch; refuses a loss that fails on these targets."""
+    if model.stateful:
+        state = model.init_state(tuple(inputs.shape[1:]))
+        outputs = jax.eval_shape(
+            lambda p, x: apply_batch_state(model, p, x, None, state, False)[0], params, inputs)
+    else:
+        outputs = jax.eval_shape(lambda p, x: apply_batch(model, p, x), params, inputs)
+    try:
+        loss = jax.eval_shape(lambda o, y: _per_example_loss(loss_fn, o, y), outputs, targets)
+    except Exception as error:  # noqa: BLE001 - whatever the user's loss raises, said plainly
+        raise _loss_error(loss_fn, outputs, targets, error) from error
     return loss.ndim == 0
+
+
+def _loss_error(loss_fn: Any, outputs: Any, targets: Any, error: Exception) -> Exception:
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    hint = ""
+    if "integer_labels" in name:
+        if jnp.issubdtype(targets.dtype, jnp.floating):
+            hint = (f"; the targets are {targets.dtype}, but {name} takes integer class "
+                    f"labels: pass labels.astype(jnp.int32), or for soft labels a loss such "
+                    f"as optax.softmax_cross_entropy")
+        elif targets.ndim == jnp.ndim(outputs):
+            hint = (f"; the targets look one-hot, but {name} takes class labels of shape "
+                    f"{tuple(outputs.shape[:-1])}: pass labels.argmax(-1), or use "
+                    f"optax.softmax_cross_entropy")
+    return layer_error(
+        "fit",
+        f"loss_fn {name} fails on the model's outputs {_struct(outputs)} and the targets "
+        f"{_struct(targets)}{hint} ({type(error).__name__}: {str(error)[:200]})",
+    )
+
+
+def _struct(x: Any) -> str:
+    return f"{tuple(x.shape)} {x.dtype}" if hasattr(x, "shape") else type(x).__name__
+
+
+def digest(*arrays: Any) -> str:
+    """A hash of the arrays' values, shapes and dtypes: the same data, or not."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _spec(x: Any) -> str:
@@ -84,19 +132,22 @@ class ArrayFeed:
         self.inputs, self.targets = as_dataset("fit: train_data", data)
         check_params(model, params, self.inputs.shape[1:])
         check_targets("fit: train_data", model, self.inputs, self.targets)
+        check_ids("fit: train_data", model, params, self.inputs)
         self.n = self.inputs.shape[0]
         self.size = min(batch_size, self.n)
         # Padding would enter batch statistics, so a model with state drops the
         # last partial batch instead.
-        self.masked = not model.stateful and not _returns_scalar(
-            model, params, loss_fn, self.inputs[: self.size], self.targets[: self.size])
+        scalar = _returns_scalar(model, params, loss_fn, self.inputs[: self.size],
+                                 self.targets[: self.size])
+        self.masked = not model.stateful and not scalar
         self.steps = math.ceil(self.n / self.size) if self.masked else self.n // self.size
         self._step = _jit_array_step(step)
         self._order: Any = None
 
     def describe(self) -> dict[str, Any]:
         return {"data": "arrays", "examples": self.n, "inputs": _spec(self.inputs),
-                "targets": _spec(self.targets), "batch_size": self.size}
+                "targets": _spec(self.targets), "batch_size": self.size,
+                "data_sha256": digest(self.inputs, self.targets)}
 
     def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
         """`(i, i)` for each batch `i` of the pass from `start` on: the step gathers it."""
@@ -189,10 +240,12 @@ class IterFeed:
         check_params(model, params, inputs.shape[1:])
         self._classes = (target_classes(model, inputs.shape[1:])
                          if jnp.issubdtype(targets.dtype, jnp.integer) else None)
-        self.masked = not model.stateful and not _returns_scalar(
-            model, params, loss_fn, inputs, targets)
+        scalar = _returns_scalar(model, params, loss_fn, inputs, targets)
+        self.masked = not model.stateful and not scalar
         self._shapes = (inputs.shape[1:], targets.shape[1:])
+        self._ids = (model, params)  # to name an out-of-range id, batch by batch
         self._spec = {"inputs": _spec(inputs), "targets": _spec(targets)}
+        self._first_digest = digest(inputs, targets)
         self._pending: Optional[tuple] = (it, first)  # the first pass goes on from here
         self._iter: Any = None
         self.steps = None  # batches per pass, where the iterable tells (only shown)
@@ -204,7 +257,8 @@ class IterFeed:
         self._step = _jit_batch_step(step)
 
     def describe(self) -> dict[str, Any]:
-        return {"data": "iterable", **self._spec, "batch_size": self.size}
+        return {"data": "iterable", **self._spec, "batch_size": self.size,
+                "first_batch_sha256": self._first_digest}
 
     def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
         """`(i, batch)` for each batch `i` of the pass from `start` on; `batch` None if dropped."""
@@ -236,6 +290,8 @@ class IterFeed:
                 f"length, got shapes {inputs.shape} and {targets.shape}")
         if inputs.shape[0] == 0:
             raise layer_error(where, "is empty: 0 examples")
+        check_int32(where, inputs, "inputs")
+        check_int32(where, targets, "targets")
         return inputs, targets
 
     def _prepare(self, i: int, batch: Any) -> Optional[tuple]:
@@ -255,6 +311,7 @@ class IterFeed:
                 where, f"has {n} examples, more than the batch size {self.size} (batch_size=, "
                 f"or the first batch's size)")
         check_classes(where, self._classes, targets)
+        check_ids(where, *self._ids, inputs)
         if not self.masked:
             return (inputs, targets, None, n) if n == self.size else None
         weights = np.zeros(self.size, np.float32)

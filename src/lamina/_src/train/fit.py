@@ -156,15 +156,19 @@ def fit(
     run = Run(params, optimizer.init(params), state, key)
     checkpoints = None
     if checkpoint_dir is not None:
-        checkpoints = Checkpoints(checkpoint_dir, keep, fingerprint(model, run, feed.describe()))
-        run = checkpoints.resume(run, resume)
-    loop = _Loop(feed, forward(model), loss_fn, evaluation, epochs, steps, checkpoints,
-                 checkpoint_every, _Progress(progress, epochs, steps, feed.steps, run.step))
+        checkpoints = Checkpoints(checkpoint_dir, keep, fingerprint(model, run, feed.describe(), optimizer))
+    bar = None
     try:
+        if checkpoints is not None:
+            run = checkpoints.resume(run, resume)
+        bar = _Progress(progress, epochs, steps, feed.steps, run.step)
+        loop = _Loop(feed, forward(model), loss_fn, evaluation, epochs, steps, checkpoints,
+                     checkpoint_every, bar)
         run = loop.train(run)
         history = loop.history(run)
     finally:
-        loop.bar.close()
+        if bar is not None:
+            bar.close()
         if checkpoints is not None:
             checkpoints.close()
     return (run.params, history) if state is None else (run.params, history, run.state)

@@ -18,12 +18,16 @@ import dataclasses
 import hashlib
 import os
 import re
+import tempfile
+import time
+import warnings
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lamina._src.core.errors import layer_error
+from lamina._src.core.errors import LaminaError, layer_error
 from lamina._src.core.layer import Layer
 from lamina._src.version import __version__
 
@@ -76,11 +80,14 @@ def _with_key_data(like: jax.Array, data: jax.Array) -> jax.Array:
     return data
 
 
-def fingerprint(model: Layer, run: Run, data: dict[str, Any]) -> dict[str, Any]:
-    """What makes a run this run: model, shapes of params and optimizer state, data, key.
+def fingerprint(model: Layer, run: Run, data: dict[str, Any], optimizer: Any) -> dict[str, Any]:
+    """What makes a run this run: model, shapes of params and optimizer state, data, key, optimizer.
 
-    The number of epochs or steps is not part of it, so a finished run can
-    be resumed to train longer.
+    The data is hashed (all of it for arrays, the first batch of an
+    iterable), and the optimizer by the update it makes from a fixed probe,
+    so another learning rate or another optimizer of the same state shapes
+    is a different run. The number of epochs or steps is not part of it, so
+    a finished run can be resumed to train longer.
     """
     def shapes(tree: Any) -> str:
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -95,8 +102,26 @@ def fingerprint(model: Layer, run: Run, data: dict[str, Any]) -> dict[str, Any]:
         "opt_state": shapes(run.opt_state),
         "model_state": shapes(run.state),
         "key": np.asarray(_key_data(run.key)).tolist(),
+        "optimizer": _optimizer_probe(optimizer, run.params),
         **data,
     }
+
+
+def _optimizer_probe(optimizer: Any, params: Any) -> str:
+    """The first update `optimizer` makes for params of ones and gradients of ones, in words.
+
+    Six significant digits: another learning rate, weight decay or
+    optimizer changes them; the last bits a different machine may round
+    differently do not.
+    """
+    probe = jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.result_type(p)), params)
+    try:
+        updates, _ = optimizer.update(probe, optimizer.init(probe), probe)
+    except Exception as error:  # noqa: BLE001 - an optimizer that needs more (extra args)
+        return f"not probed: {type(error).__name__}"
+    values = [np.asarray(u, np.float64).ravel()[:4] for u in jax.tree.leaves(updates)]
+    text = ";".join(",".join(f"{v:.6g}" for v in leaf) for leaf in values)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Checkpoints:
@@ -112,7 +137,16 @@ class Checkpoints:
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
         self._fingerprint = fingerprint
-        self._manager = ocp.CheckpointManager(
+        self._lock = _lock(self.directory)
+        self._keep = keep
+        try:
+            self._manager = self._open(ocp, keep)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self, ocp: Any, keep: int) -> Any:
+        return ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, cleanup_tmp_directories=True,
@@ -129,6 +163,7 @@ class Checkpoints:
           ValueError: the latest checkpoint is of a different run, or
             `resume=False` and the folder already holds checkpoints.
         """
+        self._check_room(run)
         step = self.latest()
         if step is None:
             return run
@@ -139,9 +174,59 @@ class Checkpoints:
                 f"{step}) and resume=False. Pass resume=True to continue from them, or an "
                 f"empty folder to start over",
             )
+        damaged = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self._restore(step, run)
+            except LaminaError:
+                raise  # another run's checkpoint: not damage, and not to be set aside
+            except Exception as error:  # noqa: BLE001 - orbax and the file system raise many kinds
+                damaged.append(f"step {step} ({type(error).__name__}: {str(error)[:160]})")
+                aside = self._set_aside(step)
+                warnings.warn(
+                    f"fit: checkpoint step {step} in {self.directory!r} is damaged "
+                    f"({type(error).__name__}: {str(error)[:160]}); moved to {aside!r}, "
+                    f"resuming from the checkpoint before it",
+                    RuntimeWarning, stacklevel=4)
+                continue
+            if damaged:
+                warnings.warn(f"fit: resumed from step {step} in {self.directory!r}, the newest "
+                              f"intact checkpoint", RuntimeWarning, stacklevel=4)
+            return restored
+        raise layer_error(
+            "fit",
+            f"checkpoint_dir {self.directory!r} holds no intact checkpoint: "
+            f"{'; '.join(damaged)}. The damaged ones were moved aside; pass resume=True "
+            f"again to start over in this folder, or another checkpoint_dir",
+        )
+
+    def _check_room(self, run: Run) -> None:
+        """Refuses to start when the disk cannot hold two checkpoints, before any step is spent."""
+        try:  # os.access says yes to root on a read-only mount: write something instead
+            with tempfile.TemporaryFile(dir=self.directory) as probe:
+                probe.write(b"lamina")
+                probe.flush()
+        except OSError as error:
+            raise layer_error(
+                "fit", f"checkpoint_dir {self.directory!r} cannot be written "
+                f"({error.strerror or error}); found now, before any step is spent. Pass a "
+                f"folder you can write to") from None
+        need = 2 * sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+                       for x in jax.tree.leaves(run.arrays()))
+        stats = os.statvfs(self.directory) if hasattr(os, "statvfs") else None
+        if stats is not None and stats.f_bavail * stats.f_frsize < need:
+            raise layer_error(
+                "fit", f"checkpoint_dir {self.directory!r} has {stats.f_bavail * stats.f_frsize} "
+                f"bytes free, but two checkpoints of this run (one being written while the "
+                f"last stays) need about {need}; found now, before any step is spent. Free "
+                f"some space or pass another checkpoint_dir")
+
+    def _restore(self, step: int, run: Run) -> Run:
         ocp = self._ocp
         meta = self._manager.restore(step, args=ocp.args.Composite(
             run=ocp.args.JsonRestore()))["run"]
+        if not isinstance(meta, dict):
+            raise ValueError(f"its run record is {type(meta).__name__}, not a dict")
         self._check_same_run(step, meta.get("fingerprint", {}))
         arrays = self._manager.restore(step, args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(run.arrays())))["arrays"]
@@ -152,6 +237,17 @@ class Checkpoints:
             loss_sum=meta["loss_sum"], examples=meta["examples"], history=meta["history"],
             data_state=meta["data_state"],
         )
+
+    def _set_aside(self, step: int) -> str:
+        """Moves a damaged checkpoint out of orbax's sight (kept, in case it can be mended)."""
+        source = os.path.join(self.directory, str(step))
+        target = os.path.join(self.directory, f"damaged-step-{step}-{int(time.time())}")
+        if os.path.exists(source):
+            os.replace(source, target)
+        # orbax lists the steps once; it must see the folder as it is now.
+        self._manager.close()
+        self._manager = self._open(self._ocp, self._keep)
+        return target
 
     def _check_same_run(self, step: int, saved: dict[str, Any]) -> None:
         for name, value in self._fingerprint.items():
@@ -173,9 +269,49 @@ class Checkpoints:
         ))
 
     def close(self) -> None:
-        """Waits for the last save to be complete on disk."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the last save to be complete on disk, then lets another run have the folder."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.close()
+        finally:
+            self._lock.close()  # closing the file releases its lock
+
+
+LOCK_FILE = ".lamina-fit.lock"
+
+
+def _lock(directory: str) -> Any:
+    """An open file holding an exclusive lock on `directory`, or a LaminaError naming it.
+
+    Two runs writing checkpoints into one folder would replace each other's;
+    the second is stopped before it writes anything. The operating system
+    drops the lock when its process dies, so a killed run never leaves the
+    folder locked.
+    """
+    path = os.path.join(directory, LOCK_FILE)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle = open(path, "a+")
+    except OSError as error:
+        raise layer_error(
+            "fit", f"checkpoint_dir {directory!r} cannot be written ({error.strerror or error}); "
+            f"found now, before any step is spent. Pass a folder you can write to",
+        ) from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks through fcntl
+        return handle
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise layer_error(
+            "fit",
+            f"checkpoint_dir {directory!r} is in use by another fit run (it holds the lock "
+            f"{LOCK_FILE!r}); wait for that run to end, or give this one another "
+            f"checkpoint_dir",
+        ) from None
+    return handle
 
 
 def _version() -> str:

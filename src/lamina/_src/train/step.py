@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lamina._src.core.checks import check_int32
 from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import apply_batch, apply_batch_state, forward
 from lamina._src.core.layer import Layer, Params, check_layer_type
 from lamina._src.core.params import check_params, path_str
-from lamina._src.train.data import as_array, as_dataset
+from lamina._src.train.data import as_array, as_dataset, check_ids, check_targets
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
@@ -188,6 +189,8 @@ class _Step:
         functools.update_wrapper(self, jitted)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        batch = args[2] if len(args) > 2 else kwargs.get("batch")
+        check_int32("train_step", batch, "batch")
         try:
             return self._jitted(*args, **kwargs)
         except (ValueError, RuntimeError) as error:
@@ -313,8 +316,15 @@ def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
         return _batch_loss(model, loss_fn, params, x[None], y[None], None, None, state,
                            train=False)[0]
 
-    @jax.jit
-    def grads(params, batch, *, state=None):
+    @functools.partial(jax.jit, static_argnames="train")
+    def grads(params, batch, *, state=None, train=False):
+        if train:
+            raise layer_error(
+                "per_example_grads",
+                "train=True is not possible: per-example gradients are always in inference "
+                "mode (train=False), since batch statistics would mix the examples' gradients",
+                TypeError,
+            )
         inputs, targets = _batch_arrays("per_example_grads", batch)
         return jax.vmap(jax.grad(one), in_axes=(None, 0, 0, None))(params, inputs, targets, state)
 
@@ -361,6 +371,8 @@ def evaluate(
     _check_positive_ints("evaluate", batch_size=batch_size)
     inputs, targets = as_dataset("evaluate", data)
     check_params(model, params, inputs.shape[1:])
+    check_targets("evaluate", model, inputs, targets)
+    check_ids("evaluate", model, params, inputs)
     return _evaluate(forward(model), params, inputs, targets, loss_fn,
                      batch_size, _default_metrics(metrics, targets), state)
 
