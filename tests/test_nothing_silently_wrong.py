@@ -113,6 +113,7 @@ def _classifier_on_ids():
     return model, params
 
 
+@pytest.mark.slow  # trains with fit, or starts a subprocess
 def test_evaluate_refuses_targets_and_ids_out_of_range_as_fit_does():
     import optax
 
@@ -222,6 +223,7 @@ def test_load_model_checks_the_use_bias_flag_against_the_params(tmp_path):
 # --- files: what a killed save leaves, and what load refuses to read --------
 
 
+@pytest.mark.slow  # trains with fit, or starts a subprocess
 def test_temporaries_of_a_killed_save_are_removed_by_the_next_save_or_load(tmp_path):
     import subprocess
     import sys
@@ -316,6 +318,7 @@ def _run(directory, data=None, optimizer=None, **kwargs):
     return lm.fit(model, params, optimizer or optax.sgd(0.1), data or _data(), **args)
 
 
+@pytest.mark.slow  # trains with fit, or starts a subprocess
 @pytest.mark.parametrize("change, fragment", [
     (dict(data=_data(seed=5)), r"its data_sha256 is"),
     (dict(optimizer="sgd-0.2"), r"its optimizer is"),
@@ -337,6 +340,7 @@ def test_resume_refuses_a_different_run_of_the_same_shapes(tmp_path, change, fra
     _run(tmp_path / "ckpt", epochs=2)  # the same run goes on
 
 
+@pytest.mark.slow  # trains with fit, or starts a subprocess
 def test_resume_refuses_an_iterable_whose_first_batch_changed(tmp_path):
     xs, ys = _data()
     batches = [(xs[i : i + 8], ys[i : i + 8]) for i in range(0, 24, 8)]
@@ -346,6 +350,7 @@ def test_resume_refuses_an_iterable_whose_first_batch_changed(tmp_path):
         _run(tmp_path, data=other, batch_size=None)
 
 
+@pytest.mark.slow  # trains with fit, or starts a subprocess
 def test_two_runs_cannot_share_a_checkpoint_dir(tmp_path):
     from lamina._src.train.resume import _lock
 
@@ -359,6 +364,7 @@ def test_two_runs_cannot_share_a_checkpoint_dir(tmp_path):
     assert len(history["train_loss"]) == 1
 
 
+@pytest.mark.slow  # trains with fit, or starts a subprocess
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     import os
 
@@ -382,6 +388,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     assert any(n.startswith("damaged-step-6") for n in os.listdir(directory))
 
 
+@pytest.mark.slow  # trains with fit, or starts a subprocess
 def test_an_unwritable_or_full_checkpoint_dir_is_found_before_any_step(tmp_path, monkeypatch):
     import os
 
