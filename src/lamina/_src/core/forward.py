@@ -70,6 +70,9 @@ def _jitted_forward(model: Layer) -> Callable[..., Any]:
     return _Checked(model.name, jax.jit(fwd, static_argnames="train"))
 
 
+_DEVICE_ARRAY = type(jnp.zeros(()))
+
+
 class _Checked:
     """A jitted function that first refuses host inputs JAX would change silently.
 
@@ -83,9 +86,13 @@ class _Checked:
         functools.update_wrapper(self, jitted)
 
     def __call__(self, params: Params, xs: Any, **kwargs: Any) -> Any:
-        if not isinstance(xs, jax.Array):  # a device array is 32-bit already: no cost per call
+        # A device array is 32-bit already; `type(...) is` costs less than
+        # isinstance against jax.Array's ABC, on a path taken every call.
+        if type(xs) is not _DEVICE_ARRAY:
             check_int32(self._where, xs)
-        return self._jitted(params, xs, **kwargs)
+        if kwargs:
+            return self._jitted(params, xs, **kwargs)
+        return self._jitted(params, xs)
 
     def __getattr__(self, name: str) -> Any:
         if name == "_jitted":  # not set yet (copy, unpickling): no recursion
