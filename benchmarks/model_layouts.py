@@ -84,7 +84,7 @@ class ChannelsLastConv(lm.Conv):
 
     def _forward(self, params, x):
         from lamina._src.layers.activations import activation_fn
-        from lamina._src.layers.conv import per_axis
+        from lamina._src.layers.windows import per_axis
 
         x, W, b = self._checked(params, x)
         n = x.ndim - 1

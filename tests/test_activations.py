@@ -26,7 +26,9 @@ REFERENCES = {
     "tanh": np.tanh,
     "softmax": np_softmax,
     "log_softmax": lambda v: np.log(np_softmax(v)),
-    "gelu": lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))),
+    # torch's nn.GELU(): the exact form; and its approximate="tanh"
+    "gelu": lambda v: np.array([0.5 * t * (1 + erf(t / np.sqrt(2))) for t in v]),
+    "gelu_tanh": lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))),
     "silu": lambda v: v / (1 + np.exp(-v)),
     "leaky_relu": lambda v: np.where(v >= 0, v, 0.01 * v),
     "elu": lambda v: np.where(v > 0, v, np.exp(v) - 1),

@@ -45,7 +45,7 @@ def test_the_file_holds_configuration_not_code(key, tmp_path):
     _, params = model.init(key, (3,))
     lm.save(tmp_path / "m.safetensors", params, model=model)
     described = json.loads(lm.load_metadata(tmp_path / "m.safetensors")["lamina.model"])
-    assert described == {"format": 1, "model": {"layer": "serial", "config": {"layers": {"tuple": [
+    assert described == {"format": 2, "model": {"layer": "serial", "config": {"layers": {"tuple": [
         {"layer": "Dense", "config": {"out_features": 4, "act": "relu", "use_bias": True,
                                       "w_init": None, "b_init": None, "dtype": None,
                                       "param_dtype": {"dtype": "float32"}}},
@@ -87,7 +87,7 @@ def test_a_file_without_a_model_says_how_to_load_it(key, tmp_path):
 
 @pytest.mark.parametrize("description, pattern", [
     ("not json", r"corrupted model description"),
-    (json.dumps({"format": 2, "model": {}}), r"format 2; this lamina reads format 1"),
+    (json.dumps({"format": 3, "model": {}}), r"format 3; this lamina reads formats 1 and 2"),
     (json.dumps({"format": 1, "model": {"layer": "os.system", "config": {}}}),
      r"names layer 'os.system', which this lamina does not have"),
     (json.dumps({"format": 1, "model": {"layer": "save", "config": {}}}),

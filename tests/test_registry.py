@@ -98,6 +98,11 @@ def _another(layer):
             return {field: value / 2}
         if isinstance(value, int) and not isinstance(value, bool) and field != "axis":
             return {field: value * 2}
+    if isinstance(layer, lm.Permute):
+        return {"dims": layer.dims[::-1]}
+    for field, value in layer.config().items():
+        if isinstance(value, tuple) and value and all(isinstance(v, int) for v in value):
+            return {field: tuple(v + 1 if v > 0 else v for v in value)}
     if "layers" in layer.config():
         return {"layers": layer.layers + (lm.Identity(),)}
     if isinstance(layer, lm.Dropout):
@@ -157,6 +162,8 @@ def _conv(layer, shape):
     cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[n - 1] \
         if isinstance(layer, lm.ConvTranspose) else (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1]
     extra = {"output_padding": layer.output_padding} if isinstance(layer, lm.ConvTranspose) else {}
+    if isinstance(layer, lm.Conv):
+        extra = {"padding_mode": layer.padding_mode}
     module = cls(shape[0], layer.out_channels, layer.kernel_size, stride=layer.stride,
                  padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                  bias=layer.use_bias, **extra)
@@ -251,8 +258,9 @@ def _twin(layer, shape):
 # Layers without weights have nothing to exchange; these hold weights but are
 # lamina's own composition, tested against torch in their own files.
 NO_TWIN = {
-    "Activation", "AvgPool", "Concat", "Dropout", "Flatten", "GlobalAvgPool", "Identity",
-    "MaxPool",  # no weights
+    "Activation", "AdaptiveAvgPool", "Add", "AvgPool", "Concat", "Dropout", "Flatten",
+    "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape",
+    "Upsample",  # no weights (each against torch in its own test file)
     "parallel", "residual", "stack",  # composition: test_combinators.py, test_stack.py
 }
 

@@ -28,11 +28,13 @@ from lamina._src.layers.conv import Conv, ConvTranspose
 from lamina._src.layers.dense import Dense, dense
 from lamina._src.layers.dropout import Dropout
 from lamina._src.layers.embedding import Embedding
+from lamina._src.layers.merge import Add, Multiply
 from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
-from lamina._src.layers.pooling import AvgPool, GlobalAvgPool, MaxPool
+from lamina._src.layers.pooling import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.layers.precision import with_dtype
 from lamina._src.layers.recurrent import GRU, LSTM
-from lamina._src.layers.reshape import Flatten, Identity
+from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape
+from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
 from lamina._src.train.fit import fit
 from lamina._src.train.sharding import shard_batch, shard_params
@@ -53,6 +55,8 @@ __all__ = [
     "accuracy",
     "Activation",
     "ACTIVATIONS",
+    "AdaptiveAvgPool",
+    "Add",
     "AvgPool",
     "BatchNorm",
     "check_params",
@@ -88,14 +92,17 @@ __all__ = [
     "MaxPool",
     "mlp",
     "MultiHeadAttention",
+    "Multiply",
     "parallel",
     "param_labels",
     "param_shapes",
     "Params",
     "per_example_grads",
+    "Permute",
     "Relu",
-    "residual",
     "remat",
+    "Reshape",
+    "residual",
     "RMSNorm",
     "save",
     "serial",
@@ -105,16 +112,17 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "stack",
-    "Summary",
     "summary",
+    "Summary",
     "SummaryRow",
     "Tanh",
+    "testing",
     "to_torch",
     "trace",
-    "testing",
     "TraceStep",
     "train_step",
     "TransformerEncoderLayer",
+    "Upsample",
     "visualize",
     "with_dtype",
 ]

@@ -32,7 +32,9 @@ from lamina._src.layers.combinators import _Combinator
 from lamina._src.layers.registry import LAYERS
 from lamina._src.layers.stack import stack
 
-FORMAT = 1
+FORMAT = 2
+"""Format 2: `"gelu"` is the exact form everywhere (format 1's Dense, Conv and
+Activation meant the tanh approximation by it, now `"gelu_tanh"`)."""
 
 
 def to_json(model: Layer, where: str) -> str:
@@ -62,16 +64,34 @@ def from_json(text: str, where: str) -> Builtin:
         version, model = data["format"], data["model"]
     except (ValueError, TypeError, KeyError, RecursionError) as error:
         raise layer_error(where, f"corrupted model description: {error}") from None
-    if version != FORMAT:
+    if version not in (1, FORMAT):
         raise layer_error(
             where,
-            f"the model is described in format {version!r}; this lamina reads format "
-            f"{FORMAT}. Upgrade lamina.",
+            f"the model is described in format {version!r}; this lamina reads formats 1 "
+            f"and {FORMAT}. Upgrade lamina.",
         )
     if not (isinstance(model, dict) and set(model) == {"layer", "config"}):
         raise layer_error(
             where, f"corrupted model description: expected a layer at the top, got {model!r:.80}")
-    return _decode(model, where, 0)
+    return _decode(_from_format_1(model, 0) if version == 1 else model, where, 0)
+
+
+def _from_format_1(node: Any, depth: int) -> Any:
+    """A format-1 description with its tanh-approximated `"gelu"` named `"gelu_tanh"`,
+    so an old file keeps computing what it computed (the transformer layer's "gelu"
+    was already exact)."""
+    if depth > MAX_DEPTH:
+        return node  # _decode reports the nesting
+    if isinstance(node, list):
+        return [_from_format_1(v, depth + 1) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _from_format_1(v, depth + 1) for k, v in node.items()}
+    config = out.get("config")
+    if out.get("layer") not in (None, "TransformerEncoderLayer") and isinstance(config, dict):
+        out["config"] = {k: "gelu_tanh" if k.endswith("act") and v == "gelu" else v
+                         for k, v in config.items()}
+    return out
 
 
 def _encode(value: Any, path: str, where: str) -> Any:

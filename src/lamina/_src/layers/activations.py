@@ -25,6 +25,13 @@ def _identity(x: jax.Array) -> jax.Array:
 
 _identity.__name__ = "identity"
 
+
+def _gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+_gelu.__name__ = "gelu"  # torch's nn.GELU(): the exact, erf form
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": _identity,
     "relu": jax.nn.relu,
@@ -33,7 +40,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "softmax": jax.nn.softmax,
     "log_softmax": jax.nn.log_softmax,
-    "gelu": jax.nn.gelu,
+    "gelu": _gelu,
+    "gelu_tanh": jax.nn.gelu,  # jax.nn.gelu's default, torch's nn.GELU(approximate="tanh")
     "silu": jax.nn.silu,
     "swish": jax.nn.swish,
     "leaky_relu": jax.nn.leaky_relu,
@@ -50,7 +58,15 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 A name -> function mapping of JAX's own activations (`"relu"` is
 `jax.nn.relu`); a layer built with one of these functions stores it by its
 name, so it stays a value (equal, hashable, serialisable as JSON).
+
+`"gelu"` is torch's `nn.GELU()`, the exact erf form, in every layer that
+takes `act`; `"gelu_tanh"` is the tanh approximation (`jax.nn.gelu`'s
+default, torch's `approximate="tanh"`), so `act=jax.nn.gelu` is stored as
+`"gelu_tanh"`. `"gelu_exact"` is accepted as another name for `"gelu"`.
 """
+
+ALIASES = {"gelu_exact": "gelu"}
+"""Other names accepted for an activation; a layer stores the name they stand for."""
 
 
 def resolve_activation(
@@ -70,12 +86,13 @@ def resolve_activation(
     if act is None:
         return _identity, None
     if isinstance(act, str):
+        act = ALIASES.get(act, act)
         fn = ACTIVATIONS.get(act)
         if fn is None:
             raise layer_error(
                 where,
                 f"unknown activation {act!r}; choose one of "
-                f"{', '.join(sorted(ACTIVATIONS))}, or pass a callable",
+                f"{', '.join(sorted([*ACTIVATIONS, *ALIASES]))}, or pass a callable",
             )
         return fn, act
     if callable(act):
@@ -98,6 +115,8 @@ def canonical_activation(act: ActivationLike, where: str) -> ActivationLike:
     act="relu")`, and a checkpoint can record the model as JSON.
     """
     resolve_activation(act, where)
+    if isinstance(act, str):
+        return ALIASES.get(act, act)
     if callable(act) and id(act) in _NAMES and ACTIVATIONS[_NAMES[id(act)]] is act:
         return _NAMES[id(act)]
     return act

@@ -155,16 +155,9 @@ class MultiHeadAttention(Builtin):
         return projections + 2 * T * T * D + 2 * T * T * D
 
 
-def _exact_gelu(x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False)
-
-
-# A display name for Dense's name; pickle finds the function by __qualname__.
-_exact_gelu.__name__ = "gelu_exact"
-
-# torch.nn.TransformerEncoderLayer's activation strings; its "gelu" is the
-# exact erf form, whereas lm.ACTIVATIONS["gelu"] (jax.nn.gelu) is tanh-approximated.
-_ENCODER_ACTS = {"relu": "relu", "gelu": _exact_gelu}
+# torch.nn.TransformerEncoderLayer's activation strings; "gelu" is exact in
+# both libraries, as in lm.ACTIVATIONS.
+_ENCODER_ACTS = ("relu", "gelu")
 
 
 def _encoder_act(where: str, arg: str, value: Any) -> str:
@@ -278,7 +271,7 @@ class TransformerEncoderLayer(Builtin):
 def _encoder_block(layer: TransformerEncoderLayer, features: int) -> serial:
     # Cached: apply builds the block on every (traced) call.
     attn = MultiHeadAttention(layer.num_heads, causal=layer.causal)
-    ff = (Dense(layer.ff_features, _ENCODER_ACTS[layer.act]), Dense(features))  # type: ignore[arg-type]
+    ff = (Dense(layer.ff_features, layer.act), Dense(features))
     if layer.norm_first:
         return serial(
             residual(serial(LayerNorm(layer.eps), attn)),

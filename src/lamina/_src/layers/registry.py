@@ -22,11 +22,13 @@ from lamina._src.layers.conv import Conv, ConvTranspose
 from lamina._src.layers.dense import Dense
 from lamina._src.layers.dropout import Dropout
 from lamina._src.layers.embedding import Embedding
+from lamina._src.layers.merge import Add, Multiply
 from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
-from lamina._src.layers.pooling import AvgPool, GlobalAvgPool, MaxPool
+from lamina._src.layers.pooling import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.layers.precision import with_dtype
 from lamina._src.layers.recurrent import GRU, LSTM
-from lamina._src.layers.reshape import Flatten, Identity
+from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape
+from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
 
 
@@ -40,21 +42,26 @@ class Example(NamedTuple):
 
 
 LAYERS: dict[str, type[Builtin]] = {cls.__name__: cls for cls in (
-    Activation, AvgPool, BatchNorm, Concat, Conv, ConvTranspose, Dense, Dropout, Embedding,
-    Flatten, GlobalAvgPool, GroupNorm, GRU, Identity, LayerNorm, LSTM, MaxPool,
-    MultiHeadAttention, parallel, remat, residual, RMSNorm, serial, stack,
-    TransformerEncoderLayer, with_dtype,
+    Activation, AdaptiveAvgPool, Add, AvgPool, BatchNorm, Concat, Conv, ConvTranspose, Dense,
+    Dropout, Embedding, Flatten, GlobalAvgPool, GroupNorm, GRU, Identity, LayerNorm, LSTM,
+    MaxPool, MultiHeadAttention, Multiply, parallel, Permute, remat, Reshape, residual, RMSNorm,
+    serial, stack, TransformerEncoderLayer, Upsample, with_dtype,
 )}
 """Public name -> class, for every layer lamina can rebuild from a file."""
 
 EXAMPLES: dict[str, tuple[Example, ...]] = {
     "Activation": (Example(Activation("tanh"), (4,)), Example(Activation("softmax"), (2, 3))),
-    "AvgPool": (Example(AvgPool(2), (2, 6, 6)), Example(AvgPool(3, stride=2, padding=1), (2, 7))),
+    "AdaptiveAvgPool": (Example(AdaptiveAvgPool(3), (2, 7, 5)), Example(AdaptiveAvgPool((4,)), (2, 6))),
+    "Add": (Example(Add(), ((3, 4), (3, 4))), Example(Add(), ((2, 3, 3), (2, 1, 1), (2, 3, 3)))),
+    "AvgPool": (Example(AvgPool(2), (2, 6, 6)), Example(AvgPool(3, stride=2, padding=1), (2, 7)),
+                Example(AvgPool(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+                        (2, 6, 5))),
     "BatchNorm": (Example(BatchNorm(), (3, 4)), Example(BatchNorm(momentum=0.5), (5,))),
     "Concat": (Example(Concat(), ((3,), (5,))), Example(Concat(axis=0), ((2, 3), (1, 3)))),
     "Conv": (Example(Conv(4, 3, padding=1, act="relu"), (2, 6, 6)),
              Example(Conv(4, (3,), stride=2, groups=2), (2, 9)),
-             Example(Conv(2, 2, use_bias=False), (1, 3, 3, 3))),
+             Example(Conv(2, 2, use_bias=False), (1, 3, 3, 3)),
+             Example(Conv(3, 3, padding=1, padding_mode="reflect"), (2, 5, 4))),
     "ConvTranspose": (Example(ConvTranspose(3, 2, stride=2), (2, 4, 4)),
                       Example(ConvTranspose(2, 3, padding=1, output_padding=1, stride=2), (4, 5))),
     "Dense": (Example(Dense(3, act="relu"), (4,)), Example(Dense(2, use_bias=False), (2, 3))),
@@ -64,18 +71,22 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
     "GlobalAvgPool": (Example(GlobalAvgPool(), (3, 4, 4)),),
     "GroupNorm": (Example(GroupNorm(2), (4, 3, 3)),),
     "GRU": (Example(GRU(5), (4, 3)),),
-    "Identity": (Example(Identity(), (3,)),),
+    "Identity": (Example(Identity(), (3,)), Example(Identity(), ((3,), (2, 2)))),
     "LayerNorm": (Example(LayerNorm(), (4,)), Example(LayerNorm(eps=1e-3), (2, 5))),
     "LSTM": (Example(LSTM(5), (4, 3)),),
-    "MaxPool": (Example(MaxPool(2), (2, 6, 6)), Example(MaxPool(3, stride=1, padding=1), (2, 5))),
+    "MaxPool": (Example(MaxPool(2), (2, 6, 6)), Example(MaxPool(3, stride=1, padding=1), (2, 5)),
+                Example(MaxPool(2, ceil_mode=True), (2, 5, 5))),
     "MultiHeadAttention": (Example(MultiHeadAttention(2), (5, 8)),
                            Example(MultiHeadAttention(4, causal=True, use_bias=False), (3, 8))),
+    "Multiply": (Example(Multiply(), ((4,), (4,))),),
     "parallel": (Example(parallel(Dense(3), Identity()), (4,)),),
+    "Permute": (Example(Permute((1, 2, 0)), (2, 3, 4)),),
     # Wrappers first around a layer with state: the state must reach it.
     "remat": (Example(remat(serial(Dense(4), BatchNorm())), (3,)),
               Example(remat(Dense(3, act="tanh")), (4,))),
     "residual": (Example(residual(serial(Dense(4), BatchNorm())), (4,)),
                  Example(residual(Dense(4, act="tanh")), (4,))),
+    "Reshape": (Example(Reshape((2, -1)), (3, 4)), Example(Reshape((4, 1, 1)), (4,))),
     "RMSNorm": (Example(RMSNorm(), (6,)),),
     "serial": (Example(serial(Dense(4, act="relu"), Dropout(0.5), Dense(2)), (3,)),
                Example(serial(Conv(3, 3, padding=1), BatchNorm(), MaxPool(2), Flatten(),
@@ -85,6 +96,8 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
     "TransformerEncoderLayer": (Example(TransformerEncoderLayer(2, 16), (5, 8)),
                                 Example(TransformerEncoderLayer(2, 8, act="gelu", norm_first=False,
                                                                 causal=True), (3, 4))),
+    "Upsample": (Example(Upsample(2, mode="bilinear"), (2, 3, 4)), Example(Upsample(1.5), (2, 5)),
+                 Example(Upsample(size=(4, 3, 5), mode="trilinear"), (1, 2, 3, 2))),
     "with_dtype": (Example(with_dtype(serial(Dense(4), BatchNorm()), jnp.float32), (3,)),
                    Example(with_dtype(Dense(3), jnp.float32), (4,))),
 }

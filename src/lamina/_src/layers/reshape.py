@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import numbers
+from typing import Annotated, Any
+
 import jax.numpy as jnp
 
 from lamina._src.core.builtin import Builtin
-from lamina._src.core.checks import size
+from lamina._src.core.checks import check_input_shape, size
 from lamina._src.core.errors import layer_error
+from lamina._src.core.fields import Check
 
 
 class Identity(Builtin):
     """Returns its input unchanged; a placeholder, e.g. the skip side of a block.
+
+    Any input passes: an array, or a tuple of them (e.g. from `lm.parallel`).
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -23,6 +29,13 @@ class Identity(Builtin):
     name = "Identity()"
     stochastic = False
     batch_polymorphic = True
+
+    def check_input_shape(self, input_shape):
+        if isinstance(input_shape, tuple) and input_shape and all(
+            isinstance(s, tuple) for s in input_shape
+        ):
+            return tuple(self.check_input_shape(s) for s in input_shape)
+        return check_input_shape(self.name, input_shape)
 
     def forward(self, params, state, x, *, key, train):
         return x, state
@@ -55,3 +68,117 @@ class Flatten(Builtin):
 
     def forward(self, params, state, x, *, key, train):
         return jnp.reshape(x, (size(x.shape),)), state
+
+
+def _target_shape(where: str, arg: str, value: Any) -> tuple[int, ...]:
+    """A shape with sizes >= 1 and at most one -1, as torch's `view` takes it."""
+    if isinstance(value, (int, numbers.Integral)) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in value
+    ):
+        raise layer_error(where, f"{arg} must be a tuple of ints, got {value!r}", TypeError)
+    shape = tuple(int(d) for d in value)
+    if any(d < 1 and d != -1 for d in shape) or shape.count(-1) > 1:
+        raise layer_error(where, f"{arg} must hold sizes >= 1 and at most one -1, got {value!r}")
+    return shape
+
+
+class Reshape(Builtin):
+    """Gives one example a new shape with the same values, row-major, as `x.view(batch, *shape)`.
+
+    Args:
+      shape: the new shape of ONE example (no batch axis); one entry may be
+        -1, inferred from the others.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> lm.Reshape((2, -1)).init(jax.random.key(0), (3, 4))[0]
+      (2, 6)
+      >>> lm.Reshape((4, 1, 1)).apply((), jnp.arange(4.0)).shape  # a per-channel value
+      (4, 1, 1)
+    """
+
+    shape: Annotated[tuple[int, ...], Check(_target_shape)]
+
+    stochastic = False
+
+    def output_shape(self, input_shape):
+        n = size(input_shape)
+        known = size(tuple(d for d in self.shape if d != -1))
+        if -1 in self.shape:
+            if n % known:
+                raise layer_error(
+                    self.name,
+                    f"cannot reshape an example of shape {input_shape} ({n} values) to "
+                    f"{self.shape}: {n} is not a multiple of {known}",
+                )
+            return tuple(n // known if d == -1 else d for d in self.shape)
+        if known != n:
+            raise layer_error(
+                self.name,
+                f"cannot reshape an example of shape {input_shape} ({n} values) to "
+                f"{self.shape} ({known} values)",
+            )
+        return self.shape
+
+    def check_input(self, x, params):
+        x = jnp.asarray(x)
+        self.output_shape(x.shape)
+        return x
+
+    def forward(self, params, state, x, *, key, train):
+        return jnp.reshape(x, self.output_shape(x.shape)), state
+
+
+def _permutation(where: str, arg: str, value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in value
+    ):
+        raise layer_error(where, f"{arg} must be a tuple of ints, got {value!r}", TypeError)
+    dims = tuple(int(d) for d in value)
+    if sorted(dims) != list(range(len(dims))):
+        raise layer_error(
+            where,
+            f"{arg} must be a permutation of 0..{len(dims) - 1} (the axes of one example, "
+            f"no batch axis), got {value!r}",
+        )
+    return dims
+
+
+class Permute(Builtin):
+    """Reorders the axes of one example: output axis i is input axis `dims[i]`.
+
+    The batch axis stays first: `Permute((1, 2, 0))` is torch's
+    `x.permute(0, 2, 3, 1)` on a batch, channels-first `(C, H, W)` to
+    channels-last `(H, W, C)`.
+
+    Args:
+      dims: a permutation of `0 .. rank - 1`, the axes of one example.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> lm.Permute((1, 2, 0)).init(jax.random.key(0), (3, 8, 8))[0]
+      (8, 8, 3)
+    """
+
+    dims: Annotated[tuple[int, ...], Check(_permutation)]
+
+    stochastic = False
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != len(self.dims):
+            raise layer_error(
+                self.name,
+                f"dims {self.dims} permute {len(self.dims)} axes, but one example has shape "
+                f"{tuple(input_shape)} ({len(input_shape)} axes; the batch axis is not counted)",
+            )
+        return tuple(input_shape[d] for d in self.dims)
+
+    def check_input(self, x, params):
+        x = jnp.asarray(x)
+        self.output_shape(x.shape)
+        return x
+
+    def forward(self, params, state, x, *, key, train):
+        return jnp.transpose(x, self.dims), state
