@@ -181,8 +181,10 @@ def test_regression_converges_to_closed_form():
     (w, b), *_ = np.linalg.lstsq(A, y[:, 0].astype(np.float64), rcond=None)
     model = lm.Dense(1)
     _, params = model.init(jax.random.key(0), (1,))
+    # 400 full-batch Adam steps reach the optimum to 1e-5 from any init (150 left
+    # some inits 5e-3 away).
     params, history = lm.fit(model, params, optax.adam(0.05), (x, y), loss_fn=optax.squared_error,
-                             epochs=150, batch_size=64, key=jax.random.key(1), progress=False)
+                             epochs=400, batch_size=64, key=jax.random.key(1), progress=False)
     np.testing.assert_allclose(float(params["W"][0, 0]), w, atol=2e-3)
     np.testing.assert_allclose(float(params["b"][0]), b, atol=2e-3)
     assert history["train_loss"][-1] < history["train_loss"][0]

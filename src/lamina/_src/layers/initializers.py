@@ -24,10 +24,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.nn import initializers as _jinit
 from jax.typing import DTypeLike
 
@@ -88,13 +89,57 @@ def _choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -> None
         )
 
 
+_BLOCK = 1 << 16
+"""uint32 words per compiled draw: every draw of every shape runs this one program."""
+
+
+@jax.jit
+def _block_bits(key: jax.Array) -> jax.Array:
+    return jax.random.bits(key, (_BLOCK,), jnp.uint32)
+
+
+def _uniforms(key: Any, shape: Sequence[int], dtype: Any) -> Optional[np.ndarray]:
+    """`prod(shape)` float64 draws in the open interval (0, 1), made from `key` in NumPy.
+
+    Eager `jax.random` compiles one program per shape drawn, so a model with
+    60 layers of distinct widths compiled 60 times to initialise (52 s on 2
+    cores). Here every draw is blocks of one fixed shape (one compile per
+    process), cut to size and transformed on the host: the same
+    distributions, other values than `jax.random` would give. `None` when
+    `key` is traced (init under `jit` or `vmap`, e.g. `lm.stack`) or the
+    dtype is not a real float: the caller draws with `jax.random` then.
+    """
+    if isinstance(key, jax.core.Tracer) or not jnp.issubdtype(dtype, jnp.floating):
+        return None
+    n = math.prod(shape)
+    blocks = [np.asarray(_block_bits(jax.random.fold_in(key, i))) for i in range(-(-n // _BLOCK))]
+    bits = np.concatenate(blocks)[:n] if blocks else np.zeros(0, np.uint32)
+    return (bits.astype(np.float64) + 0.5) / 2.0**32
+
+
+def _on_device(values: np.ndarray, shape: Sequence[int], dtype: Any) -> jax.Array:
+    # device_put compiles nothing, where a jnp cast or reshape would, per shape.
+    return jax.device_put(np.asarray(values).reshape(tuple(shape)).astype(jnp.dtype(dtype)))
+
+
+def _normal_from(u: np.ndarray, low: float = -math.inf, high: float = math.inf) -> np.ndarray:
+    """Standard normal draws (cut to [low, high]) from uniform ones, by the inverse CDF."""
+    from scipy.special import ndtr, ndtri  # scipy comes with jax
+
+    if math.isinf(low) and math.isinf(high):
+        return ndtri(u)
+    a, b = ndtr(low), ndtr(high)
+    return ndtri(a + u * (b - a))
+
+
 @dataclasses.dataclass(frozen=True)
 class VarianceScaling(Initializer):
     """Zero-mean draws with variance `scale / n`, n read from `(out, in, *kernel)`.
 
     `n` is fan_in = in * prod(kernel), fan_out = out * prod(kernel) or their
-    mean, for `mode` "fan_in", "fan_out" or "fan_avg". The draws are
-    `jax.nn.initializers.variance_scaling`'s with `in_axis=1, out_axis=0`.
+    mean, for `mode` "fan_in", "fan_out" or "fan_avg". The distribution is
+    `jax.nn.initializers.variance_scaling`'s with `in_axis=1, out_axis=0`
+    (drawn without a compile per shape: see `init_weight`).
 
     Attributes:
       scale: the variance times `n`, > 0 (2.0 for He, 1.0 for LeCun/Glorot).
@@ -131,10 +176,24 @@ class VarianceScaling(Initializer):
                 f"(or (out, in, *kernel) for a convolution), got shape {shape}; use "
                 f"uniform(), normal() or zeros for biases",
             )
-        init = _jinit.variance_scaling(
-            self.scale, self.mode, self.distribution, in_axis=1, out_axis=0
-        )
-        return init(key, shape, dtype)
+        u = _uniforms(key, shape, dtype)
+        if u is None:
+            init = _jinit.variance_scaling(
+                self.scale, self.mode, self.distribution, in_axis=1, out_axis=0
+            )
+            return init(key, shape, dtype)
+        receptive = math.prod(shape[2:])
+        fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+        n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
+        variance = self.scale / max(1.0, n)
+        if self.distribution == "uniform":
+            limit = math.sqrt(3 * variance)
+            return _on_device(limit * (2 * u - 1), shape, dtype)
+        if self.distribution == "normal":
+            return _on_device(math.sqrt(variance) * _normal_from(u), shape, dtype)
+        # cut at 2 sd, rescaled to the variance asked (as jax.nn.initializers does)
+        sd = math.sqrt(variance) / 0.87962566103423978
+        return _on_device(sd * _normal_from(u, -2.0, 2.0), shape, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +216,10 @@ class Uniform(Initializer):
         object.__setattr__(self, "bound", _real("Uniform", "bound", self.bound, ">= 0"))
 
     def __call__(self, key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, tuple(shape), dtype, -self.bound, self.bound)
+        u = _uniforms(key, shape, dtype)
+        if u is None:
+            return jax.random.uniform(key, tuple(shape), dtype, -self.bound, self.bound)
+        return _on_device(self.bound * (2 * u - 1), shape, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +241,10 @@ class Normal(Initializer):
         object.__setattr__(self, "stddev", _real("Normal", "stddev", self.stddev, ">= 0"))
 
     def __call__(self, key, shape, dtype=jnp.float32):
-        return jax.random.normal(key, tuple(shape), dtype) * jnp.asarray(self.stddev, dtype)
+        u = _uniforms(key, shape, dtype)
+        if u is None:
+            return jax.random.normal(key, tuple(shape), dtype) * jnp.asarray(self.stddev, dtype)
+        return _on_device(self.stddev * _normal_from(u), shape, dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +266,9 @@ class Constant(Initializer):
         object.__setattr__(self, "value", _real("Constant", "value", self.value))
 
     def __call__(self, key, shape, dtype=jnp.float32):
-        return jnp.full(tuple(shape), self.value, dtype)
+        if isinstance(key, jax.core.Tracer):
+            return jnp.full(tuple(shape), self.value, dtype)
+        return _on_device(np.full(tuple(shape), self.value), shape, dtype)
 
 
 zeros = Constant(0.0)
