@@ -155,7 +155,7 @@ class LaminaImpl(Impl):
     remat = None  # None: no remat; "all": recompute everything; or a policy name
 
     def block(self):
-        return lm.residual(lm.serial(lm.LayerNorm(), lm.Dense(self.hidden, act="gelu"),
+        return lm.residual(lm.serial(lm.LayerNorm(), lm.Dense(self.hidden, act="gelu_tanh"),
                                      lm.Dense(self.width)))
 
     def model(self):

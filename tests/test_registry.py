@@ -259,7 +259,7 @@ def _twin(layer, shape):
 # lamina's own composition, tested against torch in their own files.
 NO_TWIN = {
     "Activation", "AdaptiveAvgPool", "Add", "AvgPool", "Concat", "Dropout", "Flatten",
-    "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape",
+    "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape", "Select",
     "Upsample",  # no weights (each against torch in its own test file)
     "parallel", "residual", "stack",  # composition: test_combinators.py, test_stack.py
 }

@@ -33,7 +33,7 @@ from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from lamina._src.layers.pooling import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.layers.precision import with_dtype
 from lamina._src.layers.recurrent import GRU, LSTM
-from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape
+from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
 from lamina._src.train.fit import fit
@@ -109,6 +109,7 @@ __all__ = [
     "Shape",
     "shard_batch",
     "shard_params",
+    "Select",
     "Sigmoid",
     "Softmax",
     "stack",

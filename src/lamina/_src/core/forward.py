@@ -37,8 +37,9 @@ def forward(model: Layer) -> Callable[..., Any]:
 
     Returns:
       A jitted function taking params and `xs` of shape `(N, *input_shape)`
-      (an array or a nested Python list) and returning outputs of shape
-      `(N, *output_shape)`, or `(outputs, state)` when given `state`.
+      (an array or a nested Python list; for a model with several inputs, a
+      tuple or dict of arrays sharing axis 0) and returning outputs of
+      shape `(N, *output_shape)`, or `(outputs, state)` when given `state`.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm

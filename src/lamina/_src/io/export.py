@@ -49,10 +49,13 @@ def export(
     Args:
       model: a `Layer`.
       params: its params, baked into the artifact as constants.
-      input_shape: the shape of one example, e.g. `(784,)`.
+      input_shape: the shape of one example, e.g. `(784,)`; for a model
+        with several inputs, a tuple or dict of shapes, e.g. `((3, 32, 32),
+        ())` for an image and a scalar timestep per example.
       batch: `"dynamic"` for any batch size (a symbolic batch dimension), or
         an int for exactly that batch size.
-      dtype: the inputs' dtype.
+      dtype: the inputs' dtype; for several inputs one for all, or a tuple
+        or dict of them like `input_shape`.
       platforms: where the artifact may run, e.g. `("cpu", "cuda")`; the
         default is the platform jax runs on now.
       state: the model's state, for a model with state (e.g. trained
@@ -75,7 +78,7 @@ def export(
       ((3, 2), (5, 2))
     """
     check_layer_type("export", model)
-    shape = check_input_shape("export", input_shape)
+    shape = _shapes(input_shape)
     if batch == "dynamic":
         (batch_dim,) = jax.export.symbolic_shape("b")
     elif isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1:
@@ -91,10 +94,38 @@ def export(
         fwd = jax.jit(lambda xs: apply_batch(model, params, xs))
     else:
         fwd = jax.jit(lambda xs: apply_batch_state(model, params, xs, None, state, False)[0])
-    exported = jax.export.export(fwd, platforms=platforms)(
-        jax.ShapeDtypeStruct((batch_dim, *shape), dtype)
-    )
+    exported = jax.export.export(fwd, platforms=platforms)(_structs(shape, dtype, batch_dim))
     return bytes(exported.serialize())
+
+
+def _is_several(input_shape: Any) -> bool:
+    return isinstance(input_shape, dict) or (
+        isinstance(input_shape, (tuple, list)) and bool(input_shape)
+        and all(isinstance(s, (tuple, list, dict)) for s in input_shape))
+
+
+def _shapes(input_shape: Any) -> Any:
+    """`input_shape` checked: one example's shape, or a tuple or dict of them."""
+    if isinstance(input_shape, dict):
+        return {k: _shapes(v) for k, v in input_shape.items()}
+    if _is_several(input_shape):
+        return tuple(_shapes(s) for s in input_shape)
+    return check_input_shape("export", input_shape)
+
+
+def _structs(shape: Any, dtype: Any, batch_dim: Any) -> Any:
+    """The batched inputs as `jax.ShapeDtypeStruct`s, one dtype for all or one per input."""
+    if isinstance(shape, dict):
+        return {k: _structs(v, dtype[k] if isinstance(dtype, dict) else dtype, batch_dim)
+                for k, v in shape.items()}
+    if _is_several(shape):
+        dtypes = dtype if isinstance(dtype, (tuple, list)) else (dtype,) * len(shape)
+        if len(dtypes) != len(shape):
+            raise layer_error(
+                "export", f"dtype must be one dtype or one per input, got {dtype!r} for "
+                f"{len(shape)} inputs")
+        return tuple(_structs(s, d, batch_dim) for s, d in zip(shape, dtypes))
+    return jax.ShapeDtypeStruct((batch_dim, *shape), dtype)
 
 
 def load_exported(data: Union[bytes, bytearray]) -> Callable[[jax.typing.ArrayLike], jax.Array]:
@@ -136,38 +167,56 @@ def load_exported(data: Union[bytes, bytearray]) -> Callable[[jax.typing.ArrayLi
             "load_exported",
             f"not a jax.export artifact ({len(data)} bytes; {type(error).__name__}: {error})",
         ) from None
-    if len(exported.in_avals) != 1 or len(exported.in_avals[0].shape) < 1:
+    args, kwargs = jax.tree.unflatten(exported.in_tree, exported.in_avals)
+    if len(args) != 1 or kwargs or any(len(aval.shape) < 1 for aval in exported.in_avals):
         raise layer_error(
             "load_exported",
-            f"expected an artifact of one batched input, got inputs {exported.in_avals}",
+            f"expected an artifact of one batched input (an array, or a tuple or dict of "
+            f"them), got inputs {exported.in_avals}",
         )
-    aval = exported.in_avals[0]
-    # Symbolic dimensions are not ints: the batch axis when it is dynamic.
-    fixed_batch = aval.shape[0] if isinstance(aval.shape[0], int) else None
-    features = tuple(aval.shape[1:])
+    (in_tree,) = args
     call = jax.jit(exported.call)
-    expected = str((fixed_batch or "N", *features)).replace("'", "")
 
-    def fn(xs: jax.typing.ArrayLike) -> jax.Array:
-        shape = tuple(np.shape(xs))
-        if len(shape) != 1 + len(features) or shape[1:] != features or (
-            fixed_batch is not None and shape[0] != fixed_batch
-        ):
+    structure: Any = jax.tree.structure(in_tree)
+
+    def fn(xs: Any) -> Any:
+        if structure == jax.tree.structure(0):  # one input: xs may be a nested list
+            return call(_checked("xs", in_tree, xs))
+        leaves, tree = jax.tree.flatten(xs)
+        if tree != structure:
             raise layer_error(
-                "exported forward",
-                f"expected xs of shape {expected} ({aval.dtype}), got shape {shape}",
+                "exported forward", f"expected inputs structured as {structure}, got {tree}",
+                TypeError,
             )
-        xs = jnp.asarray(xs)
-        if xs.dtype != aval.dtype:
-            floating = jnp.issubdtype(xs.dtype, jnp.floating)
-            if not (floating and jnp.issubdtype(aval.dtype, jnp.floating)):
-                raise layer_error(
-                    "exported forward",
-                    f"expected xs of dtype {aval.dtype}, got {xs.dtype}",
-                    TypeError,
-                )
-            xs = xs.astype(aval.dtype)
-        return call(xs)
+        checked = [_checked(f"xs{jax.tree_util.keystr(path)}", aval, x)
+                   for (path, aval), x in zip(jax.tree_util.tree_leaves_with_path(in_tree), leaves)]
+        return call(jax.tree.unflatten(tree, checked))
 
     fn.exported = exported  # type: ignore[attr-defined]
     return fn
+
+
+def _checked(name: str, aval: Any, x: Any) -> jax.Array:
+    """One input of an exported forward, checked against its aval (shape, float dtype)."""
+    # Symbolic dimensions are not ints: the batch axis when it is dynamic.
+    fixed_batch = aval.shape[0] if isinstance(aval.shape[0], int) else None
+    features = tuple(aval.shape[1:])
+    shape = tuple(np.shape(x))
+    if len(shape) != 1 + len(features) or shape[1:] != features or (
+        fixed_batch is not None and shape[0] != fixed_batch
+    ):
+        expected = str((fixed_batch or "N", *features)).replace("'", "")
+        raise layer_error(
+            "exported forward",
+            f"expected {name} of shape {expected} ({aval.dtype}), got shape {shape}",
+        )
+    x = jnp.asarray(x)
+    if x.dtype != aval.dtype:
+        floating = jnp.issubdtype(x.dtype, jnp.floating)
+        if not (floating and jnp.issubdtype(aval.dtype, jnp.floating)):
+            raise layer_error(
+                "exported forward", f"expected {name} of dtype {aval.dtype}, got {x.dtype}",
+                TypeError,
+            )
+        x = x.astype(aval.dtype)
+    return x

@@ -27,7 +27,7 @@ from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from lamina._src.layers.pooling import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.layers.precision import with_dtype
 from lamina._src.layers.recurrent import GRU, LSTM
-from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape
+from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
 
@@ -45,7 +45,7 @@ LAYERS: dict[str, type[Builtin]] = {cls.__name__: cls for cls in (
     Activation, AdaptiveAvgPool, Add, AvgPool, BatchNorm, Concat, Conv, ConvTranspose, Dense,
     Dropout, Embedding, Flatten, GlobalAvgPool, GroupNorm, GRU, Identity, LayerNorm, LSTM,
     MaxPool, MultiHeadAttention, Multiply, parallel, Permute, remat, Reshape, residual, RMSNorm,
-    serial, stack, TransformerEncoderLayer, Upsample, with_dtype,
+    Select, serial, stack, TransformerEncoderLayer, Upsample, with_dtype,
 )}
 """Public name -> class, for every layer lamina can rebuild from a file."""
 
@@ -88,6 +88,7 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
                  Example(residual(Dense(4, act="tanh")), (4,))),
     "Reshape": (Example(Reshape((2, -1)), (3, 4)), Example(Reshape((4, 1, 1)), (4,))),
     "RMSNorm": (Example(RMSNorm(), (6,)),),
+    "Select": (Example(Select(1), ((3,), (2, 2))), Example(Select(-2), ((4,), (1,), (2,)))),
     "serial": (Example(serial(Dense(4, act="relu"), Dropout(0.5), Dense(2)), (3,)),
                Example(serial(Conv(3, 3, padding=1), BatchNorm(), MaxPool(2), Flatten(),
                               Dense(2)), (2, 4, 4))),

@@ -31,14 +31,84 @@ class Identity(Builtin):
     batch_polymorphic = True
 
     def check_input_shape(self, input_shape):
-        if isinstance(input_shape, tuple) and input_shape and all(
-            isinstance(s, tuple) for s in input_shape
-        ):
+        if isinstance(input_shape, dict):
+            return {k: self.check_input_shape(s) for k, s in input_shape.items()}
+        if is_several(input_shape):
             return tuple(self.check_input_shape(s) for s in input_shape)
         return check_input_shape(self.name, input_shape)
 
     def forward(self, params, state, x, *, key, train):
         return x, state
+
+
+def is_several(input_shape: Any) -> bool:
+    """Whether `input_shape` describes several inputs: a tuple of shapes (or of such tuples)."""
+    return isinstance(input_shape, tuple) and bool(input_shape) and all(
+        isinstance(s, (tuple, dict)) for s in input_shape)
+
+
+def _selector(where: str, arg: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise layer_error(
+            where, f"{arg} must be an int (a tuple's position) or a str (a dict's key), got "
+                   f"{type(value).__name__} {value!r}", TypeError)
+    return value
+
+
+class Select(Builtin):
+    """One of several inputs: entry `index` of a tuple, or key `index` of a dict.
+
+    A model with several inputs routes each to its branch with it, e.g. an
+    image and a timestep: `serial(parallel(serial(Select(0), Conv(...)),
+    serial(Select(1), Dense(...))), Add())`.
+
+    Args:
+      index: a position in a tuple input (negative counts from the end), or
+        a key of a dict input.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> lm.Select(1).init(jax.random.key(0), ((3, 8, 8), (4,)))[0]
+      (4,)
+      >>> lm.Select("t").apply((), {"x": jnp.ones(2), "t": jnp.zeros(1)})
+      Array([0.], dtype=float32)
+    """
+
+    index: Annotated[Any, Check(_selector)]
+
+    stochastic = False
+    batch_polymorphic = True
+
+    def check_input_shape(self, input_shape):
+        return Identity().check_input_shape(input_shape)
+
+    def output_shape(self, input_shape):
+        return self._pick(input_shape, "input shape", is_several(input_shape), input_shape)
+
+    def check_input(self, x, params):
+        several = isinstance(x, (tuple, list, dict))
+        self._pick(x, "input", isinstance(x, (tuple, list)), None if several else jnp.shape(x))
+        return x
+
+    def _pick(self, value: Any, what: str, several: bool, shape: Any = None) -> Any:
+        if isinstance(value, dict):
+            got = f"a dict with keys {sorted(value)}"
+        elif several:
+            got = f"a tuple of {len(value)}"
+        else:
+            got = f"one input of shape {tuple(shape)}"
+        if isinstance(self.index, str):
+            if not isinstance(value, dict) or self.index not in value:
+                raise layer_error(
+                    self.name, f"expects a dict {what} with key {self.index!r}, got {got}")
+            return value[self.index]
+        if not several or not -len(value) <= self.index < len(value):
+            raise layer_error(
+                self.name, f"expects a tuple {what} with an entry {self.index}, got {got}")
+        return value[self.index]
+
+    def forward(self, params, state, x, *, key, train):
+        return self._pick(x, "input", True), state
 
 
 class Flatten(Builtin):

@@ -48,6 +48,13 @@ def _join(trees: list) -> Any:
     return jax.tree.map(stack_leaves, *trees)
 
 
+def _stacked(*copies: Any) -> Any:
+    """The copies of one param on a new leading axis, on the host unless traced."""
+    if any(isinstance(a, jax.core.Tracer) for a in copies):
+        return jnp.stack(copies)  # under jit or eval_shape: nothing to compile eagerly
+    return jax.device_put(np.stack([np.asarray(a) for a in copies]))
+
+
 class stack(Wrapper):
     """`n` copies of a layer applied one after another, compiled once (`lax.scan`).
 
@@ -106,10 +113,11 @@ class stack(Wrapper):
                 f"feed the next copy, but it maps {shape} to {out_shape}",
             )
         keys = jax.random.split(key, self.n)
-        # vmap over the keys: one trace of init for all copies, and the same
-        # values as n separate inits with those keys.
-        params = jax.vmap(lambda k: self.layer.init(k, shape)[1])(keys)
-        return shape, params
+        # Each copy as serial's child with that key would be, stacked on the
+        # host: eager draws compile nothing per copy, where a vmapped init
+        # would take other draws (a traced key) than the serial twin's.
+        copies = [self.layer.init(k, shape)[1] for k in keys]
+        return shape, jax.tree.map(_stacked, *copies)
 
     def init_state(self, input_shape):
         if not self.layer.stateful:

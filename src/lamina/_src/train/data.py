@@ -16,10 +16,14 @@ from lamina._src.core.errors import LaminaError, layer_error
 from lamina._src.core.layer import Layer, children
 from lamina._src.core.params import param_shapes
 from lamina._src.layers.embedding import Embedding
+from lamina._src.train import examples
 
 
 def as_dataset(where: str, data: Any) -> tuple[Any, Any]:
-    """Returns `data` as a pair of arrays `(inputs, targets)` of equal length.
+    """Returns `data` as `(inputs, targets)` device arrays with one example axis of one length.
+
+    `inputs` is an array or a tuple or dict of arrays (a model with several
+    inputs); `targets` one array.
 
     Raises:
       TypeError: `data` is not an `(inputs, targets)` pair.
@@ -33,28 +37,26 @@ def as_dataset(where: str, data: Any) -> tuple[Any, Any]:
             TypeError,
         )
     for what, value in zip(("inputs", "targets"), data):
-        check_int32(where, value if isinstance(value, jax.Array) else np.asarray(value), what)
-    inputs, targets = (jnp.asarray(a) for a in data)
-    if inputs.ndim < 1 or targets.ndim < 1:
+        check_int32(where, examples.arrays(value, device=False), what)
+    inputs, targets = examples.arrays(data[0]), jnp.asarray(data[1])
+    n = examples.count(where, inputs)
+    if targets.ndim < 1:
         raise layer_error(
-            where,
-            f"inputs and targets need a leading example axis, got shapes "
-            f"{inputs.shape} and {targets.shape}",
-        )
-    if inputs.shape[0] != targets.shape[0]:
-        raise layer_error(
-            where,
-            f"inputs have {inputs.shape[0]} examples but targets have {targets.shape[0]}",
-        )
-    if inputs.shape[0] == 0:
+            where, f"targets need a leading example axis, got shape {targets.shape}")
+    if n != targets.shape[0]:
+        raise layer_error(where, f"inputs have {n} examples but targets have {targets.shape[0]}")
+    if n == 0:
         raise layer_error(where, "is empty: 0 examples")
-    if jnp.issubdtype(inputs.dtype, jnp.floating):
-        finite = np.asarray(jnp.isfinite(inputs))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue
+        finite = np.asarray(jnp.isfinite(leaf))
         if not finite.all():
             bad = np.argwhere(~finite)[0]
+            at = f" {jax.tree_util.keystr(path)}" if path else ""
             raise layer_error(
                 where,
-                f"inputs hold {int((~finite).sum())} NaN or infinite value(s), the "
+                f"inputs{at} hold {int((~finite).sum())} NaN or infinite value(s), the "
                 f"first at index {tuple(int(i) for i in bad)}",
             )
     return inputs, targets
@@ -64,12 +66,12 @@ def check_targets(where: str, model: Layer, inputs: Any, targets: Any) -> None:
     """Integer class targets must lie in `[0, classes)` for a `(classes,)` output."""
     if not jnp.issubdtype(targets.dtype, jnp.integer):
         return
-    check_classes(where, target_classes(model, inputs.shape[1:]), targets)
+    check_classes(where, target_classes(model, examples.example_shape(inputs)), targets)
 
 
-def target_classes(model: Layer, input_shape: tuple) -> Optional[int]:
+def target_classes(model: Layer, input_shape: Any) -> Optional[int]:
     """How many classes integer targets may name: the model's `(classes,)` output, else None."""
-    output_shape, _ = param_shapes(model, tuple(input_shape))
+    output_shape, _ = param_shapes(model, input_shape)
     if not isinstance(output_shape, tuple) or len(output_shape) != 1:
         return None
     return output_shape[0]
@@ -99,21 +101,23 @@ def check_ids(where: str, model: Layer, params: Any, inputs: Any) -> None:
     model's tables, the examples holding the smallest and the largest id run
     once eagerly, where the embedding sees their values and says which id.
     """
-    if not jnp.issubdtype(inputs.dtype, jnp.integer) or inputs.ndim < 1 or inputs.size == 0:
+    ids = [a for a in examples.leaves(inputs)
+           if jnp.issubdtype(a.dtype, jnp.integer) and a.ndim >= 1 and a.size]
+    if not ids:
         return
     tables = [layer.num_embeddings for layer in _layers(model) if isinstance(layer, Embedding)]
     if not tables:
         return
-    flat = np.asarray(inputs).reshape(inputs.shape[0], -1)
+    flat = np.concatenate([np.asarray(a).reshape(a.shape[0], -1) for a in ids], axis=1)
     lows, highs = flat.min(axis=1), flat.max(axis=1)
     if lows.min() >= 0 and highs.max() < min(tables):
         return
-    state = model.init_state(tuple(inputs.shape[1:])) if model.stateful else ()
-    for row in dict.fromkeys((int(np.argmin(lows)), int(np.argmax(highs)))):
+    state = model.init_state(examples.example_shape(inputs)) if model.stateful else ()
+    for i in dict.fromkeys((int(np.argmin(lows)), int(np.argmax(highs)))):
         try:
-            model.call(params, state, inputs[row])
+            model.call(params, state, examples.row(inputs, i))
         except LaminaError as error:
-            raise layer_error(where, f"example {row}: {error}") from None
+            raise layer_error(where, f"example {i}: {error}") from None
 
 
 def _layers(layer: Layer) -> list[Layer]:

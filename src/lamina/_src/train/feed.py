@@ -25,6 +25,7 @@ from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import apply_batch, apply_batch_state
 from lamina._src.core.layer import Layer
 from lamina._src.core.params import check_params
+from lamina._src.train import examples
 from lamina._src.train.data import (
     as_dataset,
     check_classes,
@@ -38,22 +39,34 @@ from lamina._src.train.step import _per_example_loss, _unpack_batch
 def is_arrays(data: Any) -> bool:
     """Whether `data` is one `(inputs, targets)` pair rather than an iterable of batches.
 
-    A pair holds two arrays (anything with a `shape`) or nested lists of
-    numbers; a list of batches holds `(inputs, targets)` pairs. An array on
-    its own counts as a (bad) pair, so it gets the pair's error message.
+    A pair's targets are an array (anything with a `shape`) or nested lists
+    of numbers, and its inputs that too, or (in a tuple pair) a tuple or dict
+    of arrays, for several inputs; a list of batches holds `(inputs,
+    targets)` pairs. An array on its own counts as a (bad) pair, so it gets
+    the pair's error message.
     """
     if hasattr(data, "shape"):
         return True
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         return False
-    if any(_is_batch(a) for a in data):  # two batches, e.g. list(a_torch_loader)
+    inputs, targets = data
+    if _is_batch(targets) or not _is_array(targets):  # e.g. list(a_torch_loader) of two batches
         return False
-    return all(hasattr(a, "shape") or (isinstance(a, list) and not _holds_pairs(a)) for a in data)
+    if examples.is_tree(inputs):
+        # `((images, timesteps), targets)`: a tuple, where a list of a batch and
+        # an array is a list of batches (a bad one, told so batch by batch).
+        return isinstance(data, tuple) and all(
+            _is_array(a) for a in examples.leaves(examples.tmap(lambda a: a, inputs)))
+    return _is_array(inputs)
 
 
 def _is_batch(item: Any) -> bool:
     return isinstance(item, (tuple, list)) and len(item) == 2 and all(
         hasattr(a, "shape") for a in item)
+
+
+def _is_array(item: Any) -> bool:
+    return hasattr(item, "shape") or (isinstance(item, list) and not _holds_pairs(item))
 
 
 def _holds_pairs(items: list) -> bool:
@@ -64,7 +77,7 @@ def _holds_pairs(items: list) -> bool:
 def _returns_scalar(model, params, loss_fn, inputs, targets) -> bool:
     """Whether `loss_fn` gives one scalar per batch; refuses a loss that fails on these targets."""
     if model.stateful:
-        state = model.init_state(tuple(inputs.shape[1:]))
+        state = model.init_state(examples.example_shape(inputs))
         outputs = jax.eval_shape(
             lambda p, x: apply_batch_state(model, p, x, None, state, False)[0], params, inputs)
     else:
@@ -109,11 +122,6 @@ def digest(*arrays: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _spec(x: Any) -> str:
-    """`"(64,) float32"`: one example's shape and the dtype JAX computes in."""
-    return f"{tuple(x.shape[1:])} {jax.dtypes.canonicalize_dtype(x.dtype)}"
-
-
 class ArrayFeed:
     """In-memory `(inputs, targets)`: every pass shuffles them with its own key.
 
@@ -130,14 +138,14 @@ class ArrayFeed:
         if batch_size is None:
             raise layer_error("fit", "batch_size is needed for (inputs, targets) arrays")
         self.inputs, self.targets = as_dataset("fit: train_data", data)
-        check_params(model, params, self.inputs.shape[1:])
+        check_params(model, params, examples.example_shape(self.inputs))
         check_targets("fit: train_data", model, self.inputs, self.targets)
         check_ids("fit: train_data", model, params, self.inputs)
-        self.n = self.inputs.shape[0]
+        self.n = self.targets.shape[0]
         self.size = min(batch_size, self.n)
         # Padding would enter batch statistics, so a model with state drops the
         # last partial batch instead.
-        scalar = _returns_scalar(model, params, loss_fn, self.inputs[: self.size],
+        scalar = _returns_scalar(model, params, loss_fn, examples.head(self.inputs, self.size),
                                  self.targets[: self.size])
         self.masked = not model.stateful and not scalar
         self.steps = math.ceil(self.n / self.size) if self.masked else self.n // self.size
@@ -145,9 +153,9 @@ class ArrayFeed:
         self._order: Any = None
 
     def describe(self) -> dict[str, Any]:
-        return {"data": "arrays", "examples": self.n, "inputs": _spec(self.inputs),
-                "targets": _spec(self.targets), "batch_size": self.size,
-                "data_sha256": digest(self.inputs, self.targets)}
+        return {"data": "arrays", "examples": self.n, "inputs": examples.spec(self.inputs),
+                "targets": examples.spec(self.targets), "batch_size": self.size,
+                "data_sha256": digest(*examples.leaves(self.inputs), self.targets)}
 
     def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
         """`(i, i)` for each batch `i` of the pass from `start` on: the step gathers it."""
@@ -184,7 +192,7 @@ def _jit_array_step(step):
         weights = None
         if masked:
             weights = (i * batch_size + jnp.arange(batch_size) < real).astype(jnp.float32)
-        batch = (jnp.take(inputs, idx, axis=0), jnp.take(targets, idx, axis=0))
+        batch = (examples.take(inputs, idx), jnp.take(targets, idx, axis=0))
         out = step(params, opt_state, batch, key=jax.random.fold_in(key, i), weights=weights,
                    state=state)
         return out if state is not None else out + (None,)
@@ -236,16 +244,17 @@ class IterFeed:
         if first is None:
             raise layer_error("fit", "train_data yielded no batches")
         inputs, targets = self._arrays(0, first)
-        self.size = batch_size or inputs.shape[0]
-        check_params(model, params, inputs.shape[1:])
-        self._classes = (target_classes(model, inputs.shape[1:])
+        self.size = batch_size or targets.shape[0]
+        shape = examples.example_shape(inputs)
+        check_params(model, params, shape)
+        self._classes = (target_classes(model, shape)
                          if jnp.issubdtype(targets.dtype, jnp.integer) else None)
         scalar = _returns_scalar(model, params, loss_fn, inputs, targets)
         self.masked = not model.stateful and not scalar
-        self._shapes = (inputs.shape[1:], targets.shape[1:])
+        self._shapes = (shape, targets.shape[1:])
         self._ids = (model, params)  # to name an out-of-range id, batch by batch
-        self._spec = {"inputs": _spec(inputs), "targets": _spec(targets)}
-        self._first_digest = digest(inputs, targets)
+        self._spec = {"inputs": examples.spec(inputs), "targets": examples.spec(targets)}
+        self._first_digest = digest(*examples.leaves(inputs), targets)
         self._pending: Optional[tuple] = (it, first)  # the first pass goes on from here
         self._iter: Any = None
         self.steps = None  # batches per pass, where the iterable tells (only shown)
@@ -282,13 +291,15 @@ class IterFeed:
 
     def _arrays(self, i: int, batch: Any) -> tuple[Any, Any]:
         where = f"fit: train_data batch {i}"
-        inputs, targets = (a if isinstance(a, jax.Array) else np.asarray(a)
-                           for a in _unpack_batch(where, batch))
-        if inputs.ndim < 1 or targets.ndim < 1 or inputs.shape[0] != targets.shape[0]:
+        inputs, targets = _unpack_batch(where, batch)
+        inputs = examples.arrays(inputs, device=False)
+        targets = targets if isinstance(targets, jax.Array) else np.asarray(targets)
+        n = examples.count(where, inputs)
+        if targets.ndim < 1 or n != targets.shape[0]:
             raise layer_error(
                 where, f"inputs and targets need one leading example axis of the same "
-                f"length, got shapes {inputs.shape} and {targets.shape}")
-        if inputs.shape[0] == 0:
+                f"length, got shapes {examples.describe(inputs)} and {targets.shape}")
+        if n == 0:
             raise layer_error(where, "is empty: 0 examples")
         check_int32(where, inputs, "inputs")
         check_int32(where, targets, "targets")
@@ -298,14 +309,15 @@ class IterFeed:
         """`(inputs, targets, weights, examples)` padded to the batch size; None if dropped."""
         where = f"fit: train_data batch {i}"
         inputs, targets = self._arrays(i, batch)
-        if (inputs.shape[1:], targets.shape[1:]) != self._shapes:
+        shape = examples.example_shape(inputs)
+        if (shape, targets.shape[1:]) != self._shapes:
             raise layer_error(
                 where,
-                f"examples of shape {inputs.shape[1:]} with targets {targets.shape[1:]}, but "
+                f"examples of shape {shape} with targets {targets.shape[1:]}, but "
                 f"the first batch had {self._shapes[0]} with {self._shapes[1]}; every batch "
                 f"must hold examples of one shape",
             )
-        n = inputs.shape[0]
+        n = targets.shape[0]
         if n > self.size:
             raise layer_error(
                 where, f"has {n} examples, more than the batch size {self.size} (batch_size=, "
@@ -316,7 +328,7 @@ class IterFeed:
             return (inputs, targets, None, n) if n == self.size else None
         weights = np.zeros(self.size, np.float32)
         weights[:n] = 1.0
-        return _pad(inputs, self.size), _pad(targets, self.size), weights, n
+        return examples.pad(inputs, self.size), examples.pad(targets, self.size), weights, n
 
     def run(self, params, opt_state, state, i, batch, key):
         """One step on `batch`: `((params, opt_state, metrics, state), examples)`."""
@@ -340,10 +352,3 @@ class IterFeed:
 
 def _decode_state(saved: dict) -> Any:
     return base64.b64decode(saved["bytes"]) if "bytes" in saved else saved["json"]
-
-
-def _pad(x: Any, size: int) -> Any:
-    if x.shape[0] == size:
-        return x
-    xp = jnp if isinstance(x, jax.Array) else np
-    return xp.concatenate([x, xp.zeros((size - x.shape[0],) + x.shape[1:], x.dtype)])

@@ -84,7 +84,9 @@ def fit(
       optimizer: an `optax.GradientTransformation`.
       train_data: `(inputs, targets)` arrays with a leading example axis, or
         an iterable of `(inputs, targets)` batches (arrays, tensors or
-        nested lists with a leading batch axis).
+        nested lists with a leading batch axis). For a model with several
+        inputs, `inputs` is a tuple or dict of arrays sharing the example
+        axis, e.g. `((images, timesteps), targets)`.
       loss_fn: `loss_fn(outputs, targets)`, e.g.
         `optax.softmax_cross_entropy_with_integer_labels`.
       epochs: passes over the data, >= 1. A one-pass iterator (a

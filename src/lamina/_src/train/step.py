@@ -19,6 +19,7 @@ from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import apply_batch, apply_batch_state, forward
 from lamina._src.core.layer import Layer, Params, check_layer_type
 from lamina._src.core.params import check_params, path_str
+from lamina._src.train import examples
 from lamina._src.train.data import as_array, as_dataset, check_ids, check_targets
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -96,10 +97,11 @@ def _batch_arrays(where: str, batch: Any) -> tuple[Any, Any]:
 
     Shapes are static under jit, so the check runs once per batch shape.
     """
-    inputs, targets = (as_array(a) for a in _unpack_batch(where, batch))
-    shape = getattr(inputs, "shape", None)
-    if shape is not None and len(shape) >= 1 and shape[0] == 0:
-        got = f"inputs of shape {tuple(shape)}"
+    inputs, targets = _unpack_batch(where, batch)
+    inputs, targets = examples.tmap(as_array, inputs), as_array(targets)
+    shapes = [getattr(a, "shape", None) for a in examples.leaves(inputs)]
+    if any(shape is not None and len(shape) >= 1 and shape[0] == 0 for shape in shapes):
+        got = f"inputs of shape {examples.describe(inputs)}"
         if hasattr(targets, "shape"):
             got += f" and targets of shape {tuple(targets.shape)}"
         raise layer_error(
@@ -255,7 +257,8 @@ def train_step(
       `state=` (a model with state, e.g. `lm.BatchNorm`) `(params,
       opt_state, metrics, state)`: the step runs in training mode and the
       running statistics come from the batch. `inputs` and `targets` carry
-      a leading batch axis (arrays or nested Python lists); a key turns on
+      a leading batch axis (arrays or nested Python lists; `inputs` may be
+      a tuple or dict of arrays, for a model with several); a key turns on
       dropout; optional per-example `weights` of shape `(N,)` give a weighted
       mean (0 masks an example out). Compiled once per batch shape. The step
       raises a `ValueError` when traced with an empty batch, or with an
@@ -313,8 +316,8 @@ def per_example_grads(model: Layer, loss_fn: LossFn) -> Callable[..., Params]:
 
     def one(params, x, y, state):
         # Inference mode: batch statistics would mix the examples' gradients.
-        return _batch_loss(model, loss_fn, params, x[None], y[None], None, None, state,
-                           train=False)[0]
+        return _batch_loss(model, loss_fn, params, examples.tmap(lambda a: a[None], x), y[None],
+                           None, None, state, train=False)[0]
 
     @functools.partial(jax.jit, static_argnames="train")
     def grads(params, batch, *, state=None, train=False):
@@ -346,7 +349,8 @@ def evaluate(
     Args:
       model: a `Layer`.
       params: its params.
-      data: an `(inputs, targets)` pair with a leading example axis.
+      data: an `(inputs, targets)` pair with a leading example axis; `inputs`
+        may be a tuple or dict of arrays (a model with several inputs).
       loss_fn: as for `train_step`.
       batch_size: examples per forward call; the last batch is padded so one
         compiled program serves every batch.
@@ -370,7 +374,7 @@ def evaluate(
     """
     _check_positive_ints("evaluate", batch_size=batch_size)
     inputs, targets = as_dataset("evaluate", data)
-    check_params(model, params, inputs.shape[1:])
+    check_params(model, params, examples.example_shape(inputs))
     check_targets("evaluate", model, inputs, targets)
     check_ids("evaluate", model, params, inputs)
     return _evaluate(forward(model), params, inputs, targets, loss_fn,
@@ -384,13 +388,14 @@ def _default_metrics(metrics, targets):
 
 
 def _evaluate(fwd, params, inputs, targets, loss_fn, batch_size, metrics, state=None):
-    n = inputs.shape[0]
+    n = targets.shape[0]
     outputs = []
     for start in range(0, n, batch_size):
-        xs = inputs[start : start + batch_size]
-        pad = batch_size - xs.shape[0] if n > batch_size else 0
+        xs = examples.tmap(lambda a, start=start: a[start : start + batch_size], inputs)
+        size = min(batch_size, n - start)
+        pad = batch_size - size if n > batch_size else 0
         if pad:
-            xs = jnp.concatenate([xs, jnp.zeros((pad,) + xs.shape[1:], xs.dtype)])
+            xs = examples.pad(xs, batch_size)
         out = fwd(params, xs) if state is None else fwd(params, xs, state=state)[0]
         outputs.append(out[: out.shape[0] - pad])
     outputs = jnp.concatenate(outputs)
