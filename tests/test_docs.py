@@ -33,7 +33,8 @@ PRINTS = {
     "how-to/pytorch.md": ["['0.bias', '0.weight', '1.bias']"],
     "how-to/sharding.md": ["bfloat16 float32", "float32 float32"],
     "how-to/deep-models.md": ["(16, 1024, 256)"],
-    "how-to/real-models.md": ["(16, 16, 16) (4, 16, 16, 16)", "(4, 16, 16)", "(2, 1, 16, 16)"],
+    "how-to/real-models.md": ["(16, 16, 16) (4, 16, 16, 16)", "(4, 16, 16)", "(2, 1, 16, 16)",
+                              "(4, 5, 8)"],
     "how-to/testing-layers.md": ["PyFloat fails check_layer's 'retrace' check"],
 }
 
