@@ -182,7 +182,8 @@ class Builtin(Layer):
     def check_input_shape(self, input_shape: Any) -> Any:
         return check_input_shape(self.name, input_shape, self.min_rank)
 
-    def init(self, key: jax.Array, input_shape: Shape) -> tuple[Any, Params]:
+    def init(self, key: jax.Array, input_shape: Any) -> tuple[Any, Params]:
+        # Any: one example's shape, or a tuple or dict of them (several inputs).
         shape = self.check_input_shape(input_shape)
         out = self.output_shape(shape)
         declared = self.params_spec()
@@ -191,7 +192,7 @@ class Builtin(Layer):
         check_key(self.name, key)
         return out, spec.draw(self, declared, key, shape)
 
-    def init_state(self, input_shape: Shape) -> Any:
+    def init_state(self, input_shape: Any) -> Any:
         shape = self.check_input_shape(input_shape)
         self.output_shape(shape)
         return spec.draw(self, self.state_spec(), None, shape)
