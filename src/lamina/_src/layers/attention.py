@@ -349,44 +349,9 @@ class TransformerEncoderLayer(Builtin):
         """The `lm.serial` this layer runs on inputs with `features` (D) features."""
         return _encoder_block(self, features)
 
-    def check_input_shape(self, input_shape):
-        if isinstance(input_shape, dict):
-            return {k: super(MultiHeadAttention, self).check_input_shape(v)
-                    for k, v in self._check_parts(input_shape).items()}
-        return super().check_input_shape(input_shape)
-
     def output_shape(self, input_shape):
-        if isinstance(input_shape, dict):
-            self._check_shapes({k: tuple(v) for k, v in input_shape.items()})
-            return tuple(input_shape["query"])
         _sequence_shape(self.name, input_shape, self.num_heads)
         return input_shape
-
-    def _check_parts(self, parts: dict) -> dict:
-        unknown = sorted(set(parts) - set(_PARTS))
-        if unknown or "query" not in parts:
-            raise layer_error(
-                self.name,
-                f"a dict input holds {', '.join(map(repr, _PARTS))} (at least 'query'), got "
-                f"keys {sorted(parts)}",
-            )
-        return parts
-
-    def _check_shapes(self, shapes: dict) -> None:
-        """The dict input's parts against each other: (T, D), (S, D), (S,), (T, S)."""
-        T, D = _sequence_shape(self.name, shapes["query"], self.num_heads)
-        key = shapes.get("key", shapes["query"])
-        S = key[0] if len(key) == 2 else None
-        want = {"key": (S, D), "value": (S, D), "key_padding_mask": (S,), "attn_mask": (T, S)}
-        for part, shape in shapes.items():
-            if part != "query" and shape != want[part]:
-                raise layer_error(
-                    self.name,
-                    f"{part} must have shape {want[part]} for a query of shape {(T, D)}"
-                    + (f" and keys of shape {(S, D)}" if part != "key" else
-                       " (S positions of the query's D features)")
-                    + f", got {shape}",
-                )
 
     def init(self, key, input_shape):
         shape = self.check_input_shape(input_shape)
