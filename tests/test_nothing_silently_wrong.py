@@ -364,6 +364,22 @@ def test_two_runs_cannot_share_a_checkpoint_dir(tmp_path):
     assert len(history["train_loss"]) == 1
 
 
+def test_a_file_system_that_cannot_lock_is_not_taken_for_another_run(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from lamina._src.train.resume import _lock
+
+    def no_locks(handle, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match=r"checkpoint_dir '.*' cannot be locked \(No locks "
+                                            r"available\); nothing stops a second run"):
+        handle = _lock(str(tmp_path))
+    handle.close()
+
+
 @pytest.mark.slow  # trains with fit, or starts a subprocess
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     import os

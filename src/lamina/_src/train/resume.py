@@ -303,7 +303,7 @@ def _lock(directory: str) -> Any:
         return handle
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held by another process: EWOULDBLOCK
         handle.close()
         raise layer_error(
             "fit",
@@ -311,6 +311,14 @@ def _lock(directory: str) -> Any:
             f"{LOCK_FILE!r}); wait for that run to end, or give this one another "
             f"checkpoint_dir",
         ) from None
+    except OSError as error:
+        # The file system cannot lock (ENOLCK, some network mounts): that says
+        # nothing about another run, so go on, unprotected, and say so.
+        warnings.warn(
+            f"fit: checkpoint_dir {directory!r} cannot be locked ({error.strerror or error}); "
+            f"nothing stops a second run from writing to it at the same time",
+            RuntimeWarning, stacklevel=4,
+        )
     return handle
 
 
