@@ -220,3 +220,40 @@ def test_errors_name_the_path(key):
     _, params = model.init(key, (5, 2))
     with pytest.raises(lm.LaminaError, match=r"serial\[1\] LSTM\(4\): expected one sequence"):
         model.apply(params, jnp.ones((2, 5, 2)))
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+@pytest.mark.parametrize("num_layers, bidirectional", [(2, False), (1, True), (3, True)])
+def test_layers_and_directions_equal_torch(torch, cls, num_layers, bidirectional):
+    torch.manual_seed(num_layers)
+    module = getattr(torch.nn, cls)(3, 4, num_layers=num_layers, bidirectional=bidirectional,
+                                    batch_first=True)
+    layer = getattr(lm, cls)(4, num_layers=num_layers, bidirectional=bidirectional)
+    assert layer.init(jax.random.key(0), (6, 3))[0] == (6, 4 * (2 if bidirectional else 1))
+    theirs = module.state_dict()
+    params = lm.from_torch(theirs, like=(layer, (6, 3)))
+    back = lm.to_torch(params, like=theirs, model=layer)
+    assert sorted(back) == sorted(theirs)
+    for name, value in theirs.items():
+        np.testing.assert_array_equal(back[name], value.numpy(), err_msg=name)
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    want = module(tx)[0]
+    r = np.random.default_rng(1).standard_normal(tuple(want.shape)).astype(np.float32)
+    (want * torch.tensor(r)).sum().backward()
+    fwd = lm.forward(layer)
+    np.testing.assert_allclose(fwd(params, x), want.detach().numpy(), rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda a: jnp.sum(fwd(params, a) * r))(x)
+    np.testing.assert_allclose(grad, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_layer_and_direction_errors():
+    with pytest.raises(ValueError, match=r"num_layers must be >= 1"):
+        lm.LSTM(4, num_layers=0)
+    with pytest.raises(TypeError, match=r"bidirectional must be True or False"):
+        lm.GRU(4, bidirectional=1)
+    layer = lm.LSTM(4, num_layers=2)
+    _, params = layer.init(jax.random.key(0), (5, 3))
+    params["l1"]["W_ih"] = params["l1"]["W_ih"][:, :3]
+    with pytest.raises(ValueError, match=r"expected params\['l1'\]\['W_ih'\] of shape \(16, 4\)"):
+        layer.apply(params, jnp.ones((5, 3)))

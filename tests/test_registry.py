@@ -232,7 +232,8 @@ def _twin(layer, shape):
         module = nn.Embedding(layer.num_embeddings, layer.features)
     elif isinstance(layer, (lm.LSTM, lm.GRU)):
         module = (nn.LSTM if isinstance(layer, lm.LSTM) else nn.GRU)(
-            shape[-1], layer.hidden, batch_first=True)
+            shape[-1], layer.hidden, num_layers=layer.num_layers,
+            bidirectional=layer.bidirectional, batch_first=True)
         return module, lambda x: module(x)[0]
     elif isinstance(layer, lm.MultiHeadAttention):
         return _attention(layer, shape)

@@ -17,8 +17,9 @@ product instead of T thin ones; only `h @ W_hh.T` stays inside. The loop is a
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from jax import lax
 from lamina._src.core.builtin import Builtin
 from lamina._src.core.checks import check_count, check_float_input
 from lamina._src.core.errors import BATCH_HINT, layer_error
-from lamina._src.core.fields import Check
+from lamina._src.core.fields import Check, Count, Flag
 from lamina._src.core.spec import Param
 from lamina._src.layers import initializers
 
@@ -49,6 +50,9 @@ class _Recurrent(Builtin):
     """What LSTM and GRU share: configuration, checks, params and FLOPs."""
 
     hidden: Hidden
+    _: dataclasses.KW_ONLY
+    num_layers: Count = 1
+    bidirectional: Flag = False
 
     _gates: ClassVar[int]
     _gate_names: ClassVar[str]
@@ -58,6 +62,19 @@ class _Recurrent(Builtin):
     def name(self) -> str:
         return f"{type(self).__name__}({self.hidden})"
 
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _simple(self) -> bool:
+        """One layer, one direction: params flat, as before num_layers existed."""
+        return self.num_layers == 1 and not self.bidirectional
+
+    def _units(self) -> list[tuple[str, int, bool]]:
+        """`(params key, layer, reverse)` per layer and direction, in torch's order."""
+        return [(f"l{i}" + ("_reverse" if reverse else ""), i, reverse)
+                for i in range(self.num_layers) for reverse in (False, True)[: self._directions]]
+
     def output_shape(self, input_shape):
         if len(input_shape) != 2:
             batch = f"\n{BATCH_HINT}" if len(input_shape) == 3 else ""
@@ -66,19 +83,31 @@ class _Recurrent(Builtin):
                 f"expected input_shape (T, D): one sequence of T steps of D features, "
                 f"got {input_shape}{batch}",
             )
-        return (input_shape[0], self.hidden)
+        return (input_shape[0], self.hidden * self._directions)
 
     def params_spec(self):
+        if self._simple():
+            return self._unit_spec(0, "l0")
+        return {key: self._unit_spec(i, key) for key, i, _ in self._units()}
+
+    def _unit_spec(self, layer: int, suffix: str) -> dict[str, Param]:
+        """One layer and direction of torch.nn.LSTM / torch.nn.GRU, named as torch's."""
         gh, h = self._gates * self.hidden, self.hidden
         # torch.nn.LSTM/GRU draw every weight and bias from U(-1/sqrt(H), 1/sqrt(H)).
         init = initializers.uniform(1.0 / math.sqrt(h))
         g = f"{self._gates}H"
-        return {  # one layer of torch.nn.LSTM / torch.nn.GRU
-            "W_ih": Param(lambda s: (gh, s[-1]), init, "weight_ih_l0", f"({g}, D)",
-                          fits={1: -1}),
-            "W_hh": Param(lambda s: (gh, h), init, "weight_hh_l0", f"({g}, H)"),
-            "b_ih": Param(lambda s: (gh,), init, "bias_ih_l0", f"({g},)"),
-            "b_hh": Param(lambda s: (gh,), init, "bias_hh_l0", f"({g},)"),
+        if layer == 0:  # the input's features; later layers read the layer below
+            w_ih = Param(lambda s: (gh, s[-1]), init, f"weight_ih_{suffix}", f"({g}, D)",
+                         fits={1: -1})
+        else:
+            below = h * self._directions
+            w_ih = Param(lambda s: (gh, below), init, f"weight_ih_{suffix}",
+                         f"({g}, {'2H' if self.bidirectional else 'H'})")
+        return {
+            "W_ih": w_ih,
+            "W_hh": Param(lambda s: (gh, h), init, f"weight_hh_{suffix}", f"({g}, H)"),
+            "b_ih": Param(lambda s: (gh,), init, f"bias_ih_{suffix}", f"({g},)"),
+            "b_hh": Param(lambda s: (gh,), init, f"bias_hh_{suffix}", f"({g},)"),
         }
 
     def params_note(self, input_shape, key):
@@ -98,6 +127,21 @@ class _Recurrent(Builtin):
             )
         return x
 
+    def forward(self, params, state, x, *, key, train):
+        for i in range(self.num_layers):
+            outs = []
+            for key_, layer, reverse in self._units():
+                if layer != i:
+                    continue
+                unit = params if self._simple() else params[key_]
+                outs.append(self._scan(*self._arrays(unit, x), reverse))
+            x = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+        return x, state
+
+    def _scan(self, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any, reverse: bool) -> Any:
+        """Every step's `h` of one layer and direction (`reverse`: from the last step back)."""
+        raise NotImplementedError
+
     def _arrays(self, params, x):
         """`(x, W_ih, W_hh, b_ih, b_hh)` in one dtype."""
         arrays = (x,) + tuple(jnp.asarray(params[k]) for k in ("W_ih", "W_hh", "b_ih", "b_hh"))
@@ -110,8 +154,11 @@ class _Recurrent(Builtin):
         # (sigmoids, tanh, products) is a few FLOPs per unit and not counted,
         # as activations are not counted elsewhere.
         steps, features = step.input.shape
-        gh = self._gates * self.hidden
-        return steps * (2 * features * gh + 2 * self.hidden * gh + 2 * gh)
+        gh, total = self._gates * self.hidden, 0
+        for _, layer, _ in self._units():
+            d = features if layer == 0 else self.hidden * self._directions
+            total += steps * (2 * d * gh + 2 * self.hidden * gh + 2 * gh)
+        return total
 
 
 class LSTM(_Recurrent):
@@ -128,6 +175,15 @@ class LSTM(_Recurrent):
 
     Args:
       hidden: size of the hidden state, >= 1.
+      num_layers: layers stacked, each reading the outputs of the one below,
+        as torch's `num_layers`.
+      bidirectional: also run each layer from the last step back and join
+        both directions' `h` on the features (`2 * hidden` of them), as
+        torch's `bidirectional=True`.
+
+    With more than one layer or direction the params are a dict with one
+    entry per layer and direction, `"l0"`, `"l0_reverse"`, `"l1"`, ..., each
+    as below, named in torch as `weight_ih_l1_reverse` and so on.
 
     `init(key, (T, D))` returns `((T, hidden), params)` with params
     `{"W_ih": (4H, D), "W_hh": (4H, H), "b_ih": (4H,), "b_hh": (4H,)}`, each
@@ -153,8 +209,7 @@ class LSTM(_Recurrent):
     _gates = 4
     _gate_names = "i, f, g, o"
 
-    def forward(self, params, state, x, *, key, train):
-        x, W_ih, W_hh, b_ih, b_hh = self._arrays(params, x)
+    def _scan(self, x, W_ih, W_hh, b_ih, b_hh, reverse):
         # Both biases add linearly to every gate, so they join the projection.
         xz = _plus(_times_transposed(x, W_ih), b_ih + b_hh)
 
@@ -166,8 +221,7 @@ class LSTM(_Recurrent):
             return (h, c), h
 
         zero = jnp.zeros((self.hidden,), xz.dtype)
-        _, hs = lax.scan(step, (zero, zero), xz)
-        return hs, state
+        return lax.scan(step, (zero, zero), xz, reverse=reverse)[1]
 
 
 class GRU(_Recurrent):
@@ -185,6 +239,15 @@ class GRU(_Recurrent):
 
     Args:
       hidden: size of the hidden state, >= 1.
+      num_layers: layers stacked, each reading the outputs of the one below,
+        as torch's `num_layers`.
+      bidirectional: also run each layer from the last step back and join
+        both directions' `h` on the features (`2 * hidden` of them), as
+        torch's `bidirectional=True`.
+
+    With more than one layer or direction the params are a dict with one
+    entry per layer and direction, `"l0"`, `"l0_reverse"`, `"l1"`, ..., each
+    as below, named in torch as `weight_ih_l1_reverse` and so on.
 
     `init(key, (T, D))` returns `((T, hidden), params)` with params
     `{"W_ih": (3H, D), "W_hh": (3H, H), "b_ih": (3H,), "b_hh": (3H,)}`, each
@@ -210,8 +273,7 @@ class GRU(_Recurrent):
     _gates = 3
     _gate_names = "r, z, n"
 
-    def forward(self, params, state, x, *, key, train):
-        x, W_ih, W_hh, b_ih, b_hh = self._arrays(params, x)
+    def _scan(self, x, W_ih, W_hh, b_ih, b_hh, reverse):
         H = self.hidden
         # b_hr and b_hz add linearly, so they join the projection; b_hn sits
         # inside r * (W_hn h + b_hn) and has to stay in the loop.
@@ -227,5 +289,4 @@ class GRU(_Recurrent):
             h = (1 - z) * n + z * h
             return h, h
 
-        _, hs = lax.scan(step, jnp.zeros((H,), xz.dtype), xz)
-        return hs, state
+        return lax.scan(step, jnp.zeros((H,), xz.dtype), xz, reverse=reverse)[1]
