@@ -73,6 +73,7 @@ PUBLIC = [
     "trace",
     "TraceStep",
     "train_step",
+    "TransformerDecoderLayer",
     "TransformerEncoderLayer",
     "Upsample",
     "visualize",

@@ -63,6 +63,8 @@ def _inputs(ex, n=3, seed=1):
         return rng.standard_normal((n,) + shape).astype(np.float32)
 
     shape = ex.input_shape
+    if isinstance(shape, dict):
+        return {k: one(s) for k, s in shape.items()}
     return tuple(one(s) for s in shape) if isinstance(shape[0], tuple) else one(shape)
 
 
@@ -263,6 +265,7 @@ NO_TWIN = {
     "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape", "Select",
     "Upsample",  # no weights (each against torch in its own test file)
     "parallel", "residual", "stack",  # composition: test_combinators.py, test_stack.py
+    "TransformerDecoderLayer",  # a dict input: tests/test_decoder.py
 }
 
 

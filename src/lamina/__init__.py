@@ -25,6 +25,7 @@ from lamina._src.layers.activations import (
 from lamina._src.layers.attention import MultiHeadAttention, TransformerEncoderLayer
 from lamina._src.layers.combinators import Concat, mlp, parallel, residual, serial
 from lamina._src.layers.conv import Conv, ConvTranspose
+from lamina._src.layers.decoder import TransformerDecoderLayer
 from lamina._src.layers.dense import Dense, dense
 from lamina._src.layers.dropout import Dropout
 from lamina._src.layers.embedding import Embedding
@@ -122,6 +123,7 @@ __all__ = [
     "trace",
     "TraceStep",
     "train_step",
+    "TransformerDecoderLayer",
     "TransformerEncoderLayer",
     "Upsample",
     "visualize",

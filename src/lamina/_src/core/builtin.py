@@ -357,6 +357,8 @@ def _replace_at(tree: Any, place: tuple, value: Any) -> Any:
     if not place:
         return value
     i, rest = place[0], place[1:]
+    if isinstance(tree, dict):  # a block whose params are named, as torch's modules
+        return {k: _replace_at(p, rest, value) if k == i else p for k, p in tree.items()}
     return tuple(_replace_at(p, rest, value) if j == i else p for j, p in enumerate(tree))
 
 

@@ -166,7 +166,9 @@ def _first_difference(want: Any, got: Any, path: tuple) -> Optional[tuple[tuple,
 
 
 def example_struct(input_shape: Any, dtype: Any) -> Any:
-    """One example as `jax.ShapeDtypeStruct`s: a tuple of them for a tuple of shapes."""
+    """One example as `jax.ShapeDtypeStruct`s: a tuple (dict) of them for a tuple (dict) of shapes."""
+    if isinstance(input_shape, dict):
+        return {k: example_struct(s, dtype) for k, s in input_shape.items()}
     if all(isinstance(d, int) for d in input_shape):
         return jax.ShapeDtypeStruct(tuple(input_shape), dtype)
     return tuple(example_struct(s, dtype) for s in input_shape)

@@ -19,6 +19,7 @@ from lamina._src.layers.activations import Activation
 from lamina._src.layers.attention import MultiHeadAttention, TransformerEncoderLayer
 from lamina._src.layers.combinators import Concat, parallel, residual, serial
 from lamina._src.layers.conv import Conv, ConvTranspose
+from lamina._src.layers.decoder import TransformerDecoderLayer
 from lamina._src.layers.dense import Dense
 from lamina._src.layers.dropout import Dropout
 from lamina._src.layers.embedding import Embedding
@@ -45,7 +46,8 @@ LAYERS: dict[str, type[Builtin]] = {cls.__name__: cls for cls in (
     Activation, AdaptiveAvgPool, Add, AvgPool, BatchNorm, Concat, Conv, ConvTranspose, Dense,
     Dropout, Embedding, Flatten, GlobalAvgPool, GroupNorm, GRU, Identity, LayerNorm, LSTM,
     MaxPool, MultiHeadAttention, Multiply, parallel, Permute, remat, Reshape, residual, RMSNorm,
-    Select, serial, stack, TransformerEncoderLayer, Upsample, with_dtype,
+    Select, serial, stack, TransformerDecoderLayer, TransformerEncoderLayer, Upsample,
+    with_dtype,
 )}
 """Public name -> class, for every layer lamina can rebuild from a file."""
 
@@ -94,6 +96,11 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
                               Dense(2)), (2, 4, 4))),
     "stack": (Example(stack(serial(Dense(3), BatchNorm()), 2), (3,)),
               Example(stack(residual(Dense(3, act="tanh")), 3), (3,))),
+    "TransformerDecoderLayer": (
+        Example(TransformerDecoderLayer(2, 16, causal=True), {"tgt": (3, 8), "memory": (4, 8)}),
+        Example(TransformerDecoderLayer(2, 8, act="gelu", norm_first=False),
+                {"tgt": (2, 4), "memory": (3, 4)}),
+    ),
     "TransformerEncoderLayer": (Example(TransformerEncoderLayer(2, 16), (5, 8)),
                                 Example(TransformerEncoderLayer(2, 8, act="gelu", norm_first=False,
                                                                 causal=True), (3, 4))),

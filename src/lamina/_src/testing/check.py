@@ -119,7 +119,8 @@ def check_layer(
     Args:
       layer: the `Layer` to check.
       input_shape: the shape of one example, e.g. `(4,)`; for a layer taking
-        a tuple of arrays (e.g. `lm.Concat()`), a tuple of shapes.
+        a tuple of arrays (e.g. `lm.Concat()`), a tuple of shapes; for one
+        taking a dict (e.g. `lm.TransformerDecoderLayer`), a dict of them.
       key: PRNG key for params, inputs and stochastic apply; default
         `jax.random.key(0)`. Use the default (threefry) implementation:
         "rbg" keys draw differently under vmap, which the vmap check reports.
@@ -417,10 +418,12 @@ def _as_input_shape(input_shape: Any) -> Any:
         return tuple(input_shape)
     if isinstance(input_shape, (tuple, list)) and input_shape:
         return tuple(_as_input_shape(s) for s in input_shape)
+    if isinstance(input_shape, dict) and input_shape:
+        return {k: _as_input_shape(s) for k, s in input_shape.items()}
     raise layer_error(
         "check_layer",
-        f"input_shape must be the shape of one example, e.g. (4,), or a tuple of "
-        f"shapes for a layer taking a tuple, got {input_shape!r}",
+        f"input_shape must be the shape of one example, e.g. (4,), or a tuple or dict of "
+        f"shapes for a layer taking several inputs, got {input_shape!r}",
         TypeError,
     )
 
@@ -449,6 +452,8 @@ def _check_int_high(int_high: Any, input_dtype: np.dtype) -> None:
 
 def _random_input(rng: np.random.Generator, shape: Any, dtype: np.dtype, int_high: int,
                   batch: Optional[int] = None) -> Any:
+    if isinstance(shape, dict):
+        return {k: _random_input(rng, s, dtype, int_high, batch) for k, s in shape.items()}
     if not is_shape(shape):
         return tuple(_random_input(rng, s, dtype, int_high, batch) for s in shape)
     size = (() if batch is None else (batch,)) + tuple(shape)
@@ -461,4 +466,6 @@ def _shape_id(shape: Any) -> str:
         return "x".join(map(str, shape)) or "scalar"
     if isinstance(shape, (tuple, list)):
         return "|".join(_shape_id(s) for s in shape)
+    if isinstance(shape, dict):
+        return "|".join(f"{k}={_shape_id(s)}" for k, s in shape.items())
     return repr(shape)
