@@ -8,6 +8,9 @@ import torch
 
 import lamina as lm
 
+# torch comparisons and training: the full suite's, not the day-to-day tier's
+pytestmark = pytest.mark.slow
+
 N, T, S, D, H = 3, 5, 7, 8, 2
 
 

@@ -9,6 +9,9 @@ import torch
 
 import lamina as lm
 
+# torch comparisons and training: the full suite's, not the day-to-day tier's
+pytestmark = pytest.mark.slow
+
 N, T, S, D, H, F = 3, 5, 7, 8, 2, 16
 SHAPES = {"tgt": (T, D), "memory": (S, D)}
 

@@ -42,6 +42,7 @@ def test_merges_equal_torch_with_broadcasting_over_axes_of_size_one(layer, op):
     assert layer.init(jax.random.key(0), ((3, 4, 4), (3, 1, 1)))[0] == (3, 4, 4)
 
 
+@pytest.mark.slow
 def test_a_projection_shortcut_block_equals_torchs():
     """A ResNet basic block with a projection shortcut, lamina layers only."""
 
@@ -119,6 +120,7 @@ UPSAMPLE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ours, theirs, shape", UPSAMPLE,
                          ids=[f"{o}-{'x'.join(map(str, s))}" for o, _, s in UPSAMPLE])
 def test_upsample_equals_torch(ours, theirs, shape):
@@ -183,6 +185,7 @@ def test_identity_passes_a_tuple_through():
 ADAPTIVE = [(3, (2, 7)), (4, (2, 10)), ((2, 3), (2, 5, 7)), (1, (3, 4, 4)), (3, (1, 5, 4, 7))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, shape", ADAPTIVE)
 def test_adaptive_avg_pool_equals_torch(size, shape):
     module = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[len(shape) - 2](size)
@@ -201,6 +204,7 @@ POOL_OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k, s, p, ceil, include, divisor, shape", POOL_OPTIONS)
 def test_pooling_options_equal_torch(k, s, p, ceil, include, divisor, shape):
     n = len(shape) - 1
@@ -214,6 +218,7 @@ def test_pooling_options_equal_torch(k, s, p, ceil, include, divisor, shape):
     _against_torch(lm.MaxPool(k, stride=s, padding=p, ceil_mode=ceil), mx(k, s, p, ceil_mode=ceil), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
 @pytest.mark.parametrize("padding, shape", [(2, (3, 6)), (1, (3, 5, 4)), ("same", (3, 5, 6)),
                                             ((1, 0, 2), (3, 3, 4, 5))])

@@ -9,6 +9,9 @@ import pytest
 
 import lamina as lm
 
+# torch comparisons and training: the full suite's, not the day-to-day tier's
+pytestmark = pytest.mark.slow
+
 # y = Dense2(relu(Dense_x(x) + Dense_t(t))): an image-like input and a per-example scalar.
 MODEL = lm.serial(
     lm.parallel(lm.serial(lm.Select(0), lm.Flatten(), lm.Dense(4)),

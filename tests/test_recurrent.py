@@ -222,6 +222,7 @@ def test_errors_name_the_path(key):
         model.apply(params, jnp.ones((2, 5, 2)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", ["LSTM", "GRU"])
 @pytest.mark.parametrize("num_layers, bidirectional", [(2, False), (1, True), (3, True)])
 def test_layers_and_directions_equal_torch(torch, cls, num_layers, bidirectional):
