@@ -55,6 +55,13 @@ def torch_out(module, x, mask):
     return module(x, src_mask=mask)
 
 
+def with_eager(cases, eager=(0, 1)):
+    """Every case under jit; the first two also eagerly (op by op), where a
+    difference from jit would show, without compiling every case twice."""
+    jitted = [pytest.param(*case, jax.jit, id=f"{i}-jit") for i, case in enumerate(cases)]
+    return jitted + [pytest.param(*cases[i], lambda f: f, id=f"{i}-eager") for i in eager]
+
+
 MHA_CASES = [  # T, D, num_heads, causal, use_bias
     (5, 8, 2, False, True),
     (7, 12, 3, True, True),
@@ -65,8 +72,7 @@ MHA_CASES = [  # T, D, num_heads, causal, use_bias
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("T, D, num_heads, causal, use_bias", MHA_CASES)
-@pytest.mark.parametrize("wrap", [jax.jit, lambda f: f], ids=["jit", "eager"])
+@pytest.mark.parametrize("T, D, num_heads, causal, use_bias, wrap", with_eager(MHA_CASES))
 def test_attention_matches_torch(T, D, num_heads, causal, use_bias, wrap):
     torch.manual_seed(T * D + num_heads)
     module = nn.MultiheadAttention(D, num_heads, batch_first=True, bias=use_bias).eval()
@@ -94,6 +100,7 @@ def test_attention_input_gradients_match_torch(T, D, num_heads, causal, use_bias
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_causal_attention_ignores_the_future(key):
     layer = lm.MultiHeadAttention(2, causal=True)
     _, params = layer.init(key, (6, 8))
@@ -161,8 +168,8 @@ def torch_encoder(D, num_heads, ff, act, norm_first, eps, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("T, D, num_heads, ff, act, norm_first, causal, eps", ENCODER_CASES)
-@pytest.mark.parametrize("wrap", [jax.jit, lambda f: f], ids=["jit", "eager"])
+@pytest.mark.parametrize("T, D, num_heads, ff, act, norm_first, causal, eps, wrap",
+                         with_eager(ENCODER_CASES))
 def test_encoder_matches_torch(T, D, num_heads, ff, act, norm_first, causal, eps, wrap):
     module = torch_encoder(D, num_heads, ff, act, norm_first, eps).eval()
     layer = lm.TransformerEncoderLayer(num_heads, ff, act=act, norm_first=norm_first,
@@ -188,6 +195,7 @@ def test_encoder_input_gradients_match_torch(T, D, num_heads, ff, act, norm_firs
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_encoder_gelu_is_exact_not_tanh():
     block = lm.TransformerEncoderLayer(2, 16, act="gelu").block(8)
     ff = block.layers[1].layer.layers[1]  # Dense(16, gelu)

@@ -83,6 +83,7 @@ def test_nested_error_path(key):
     assert str(info.value).startswith("serial[1].residual[0].serial[1] Dense(4): params hold a bias 'b'")
 
 
+@pytest.mark.slow
 def test_vmap_equals_loop_for_combinators(key):
     model = lm.serial(lm.residual(lm.mlp([5, 5])), lm.parallel(lm.Dense(2), lm.LayerNorm()), lm.Concat())
     _, params = model.init(key, (5,))

@@ -38,6 +38,7 @@ class QuietNoise(Noise):
     stochastic = False
 
 
+@pytest.mark.slow
 def test_a_new_layer_that_uses_its_key_gets_one_from_forward_and_the_train_step():
     model = lm.serial(lm.Dense(3), Noise(0.5))
     _, params = model.init(jax.random.key(0), (2,))
@@ -55,6 +56,7 @@ def test_a_new_layer_that_uses_its_key_gets_one_from_forward_and_the_train_step(
     assert float(loss_noisy["loss"]) != float(loss_clean["loss"])
 
 
+@pytest.mark.slow
 def test_a_layer_that_wrongly_says_it_never_uses_a_key_fails_check_layer():
     lm.testing.check_layer(Noise(0.5), (6,))  # the default, True, is right for it
     with pytest.raises(lm.testing.LayerCheckError, match=r"'deterministic'.*stochastic is False"):

@@ -173,6 +173,7 @@ def test_check_layer(layer, shape):
     lm.testing.check_layer(layer, shape)
 
 
+@pytest.mark.slow
 def test_trace_holds_the_pre_activation(key):
     model = lm.serial(lm.Conv(3, 3, padding=1, act="relu"), lm.ConvTranspose(2, 2, act="tanh"))
     _, params = model.init(key, (2, 5, 5))

@@ -17,9 +17,13 @@ SHAPES = {"tgt": (T, D), "memory": (S, D)}
 
 
 @pytest.mark.filterwarnings("ignore:Support for mismatched")  # torch's own, on mixed mask kinds
-@pytest.mark.parametrize("norm_first", [True, False])
-@pytest.mark.parametrize("act", ["relu", "gelu"])
-@pytest.mark.parametrize("masks", ["causal and memory padding", "all four", "none"])
+# Every pair of option values occurs (norm_first x act, x masks, act x masks)
+# in six cases rather than the twelve of the full grid.
+@pytest.mark.parametrize("norm_first, act, masks", [
+    (True, "relu", "causal and memory padding"), (False, "gelu", "causal and memory padding"),
+    (True, "gelu", "all four"), (False, "relu", "all four"),
+    (True, "relu", "none"), (False, "gelu", "none"),
+])
 def test_equals_torch(norm_first, act, masks):
     rng = np.random.default_rng(0)
     torch.manual_seed(0)

@@ -75,6 +75,7 @@ def test_default_init_matches_torch_linear_bounds(key):
     np.testing.assert_allclose(float(jnp.var(params["W"])), bound**2 / 3, rtol=0.02)
 
 
+@pytest.mark.slow
 def test_vmap_equals_loop(key):
     layer = lm.Dense(4, act="gelu")
     _, params = layer.init(key, (3,))
@@ -84,6 +85,7 @@ def test_vmap_equals_loop(key):
     chex.assert_trees_all_close(batched, looped, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(key, x64):
     layer = lm.Dense(3, act="tanh")
     _, params = layer.init(key, (4,))

@@ -61,6 +61,7 @@ def test_default_init_is_standard_normal_like_torch(key):
         assert abs(w.mean()) < 0.01 and abs(w.std() - 1.0) < 0.01
 
 
+@pytest.mark.slow
 def test_integer_dtypes(key):
     _, params = lm.Embedding(200, 2).init(key, (3,))
     for dtype in (jnp.int8, jnp.uint8, jnp.int16, jnp.int32, jnp.uint32):
@@ -95,6 +96,7 @@ def test_concrete_out_of_range_ids_raise(key, ids, words):
         jax.grad(lambda p: layer.apply(p, ids).sum())(params)
 
 
+@pytest.mark.slow
 def test_traced_out_of_range_ids_give_nan_rows(key):
     layer = lm.Embedding(10, 4)
     _, params = layer.init(key, (2,))
@@ -118,6 +120,7 @@ def test_traced_out_of_range_ids_give_nan_rows(key):
     assert np.isfinite(loss(params, jnp.array([1, 9])))
 
 
+@pytest.mark.slow
 def test_check_layer():
     lm.testing.check_layer(lm.Embedding(12, 5), (4,), input_dtype=jnp.int32, int_high=12)
     lm.testing.check_layer(lm.Embedding(3, 2), (2, 3), input_dtype=jnp.int32, int_high=3)

@@ -29,6 +29,7 @@ def numpy_forward(params, xs):
     return h @ W2.T + b2
 
 
+@pytest.mark.slow
 def test_one_artifact_serves_batches_of_1_7_and_256(served):
     model, params = served
     data = export(model, params, (5,))
@@ -44,6 +45,7 @@ def test_one_artifact_serves_batches_of_1_7_and_256(served):
     assert str(fn.exported.in_avals[0].shape[0]) == "b"
 
 
+@pytest.mark.slow
 def test_artifact_runs_without_lamina(tmp_path, served):
     model, params = served
     xs = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)

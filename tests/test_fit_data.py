@@ -60,6 +60,7 @@ def same_as_arrays(result, from_arrays):
     chex.assert_trees_all_close(params, from_arrays[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_generator_trains_as_arrays(digits, from_arrays):
     x_train, _, y_train, _ = digits
     batches = [b for epoch in fit_orders(jax.random.key(1), len(x_train), EPOCHS) for b in epoch]

@@ -126,6 +126,7 @@ def test_forward_is_reused_for_an_equal_model():
     assert lm.forward(model) is not lm.forward(lm.mlp([4, 3]))
 
 
+@pytest.mark.slow
 def test_models_that_take_a_batch_skip_the_vmap_with_the_same_numbers(key):
     # Dense, LayerNorm and named activations compute each row alone, so the
     # forward applies them to the whole batch: the program is the hand-written one.

@@ -88,6 +88,7 @@ def test_variance_on_conv_shape_matches_closed_form(name, make, _, variance, dis
         (init.lecun_normal, 1.0, "fan_in", "normal"),
     ],
 )
+@pytest.mark.slow
 def test_same_distribution_as_jax_on_out_in_matrices(make, scale, mode, distribution):
     # JAX's own initializer reading the (out, in) layout: in_axis=-1, out_axis=-2. lamina
     # draws without compiling per shape, so the values differ: the distributions must not
@@ -383,6 +384,7 @@ def _compiles(fn):
     return len(events)
 
 
+@pytest.mark.slow
 def test_init_of_many_distinct_shapes_compiles_about_once():
     lm.serial(lm.Dense(3), lm.LayerNorm(), lm.Conv(2, 3)).init(jax.random.key(1), (1, 5))  # warm
     widths = [7 + 5 * i for i in range(24)]

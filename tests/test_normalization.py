@@ -33,6 +33,7 @@ def test_keeps_low_precision_dtype(key):
     assert lm.LayerNorm().apply(params, jnp.ones(4, jnp.bfloat16)).dtype == jnp.bfloat16
 
 
+@pytest.mark.slow
 def test_gradients(key, x64):
     layer = lm.LayerNorm()
     _, params = layer.init(key, (5,))

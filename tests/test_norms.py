@@ -61,6 +61,7 @@ def test_group_norm_matches_torch(groups, shape, eps, wrap):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_input_gradients_match_torch():
     rng = np.random.default_rng(0)
     for layer, module, shape in ((lm.RMSNorm(1e-6), torch.nn.RMSNorm(5, eps=1e-6), (3, 5)),
@@ -77,6 +78,7 @@ def test_input_gradients_match_torch():
         np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences(key, x64):
     for layer, shape in ((lm.RMSNorm(), (5,)), (lm.GroupNorm(2), (4, 3))):
         _, params = layer.init(key, shape)
@@ -99,6 +101,7 @@ def test_init_and_torch_names(key):
     assert lm.GroupNorm(2).torch_names == {"scale": "weight", "offset": "bias"}
 
 
+@pytest.mark.slow
 def test_low_precision_input_keeps_its_dtype(key):
     x = jnp.linspace(-2, 2, 8, dtype=jnp.bfloat16).reshape(4, 2)
     for layer in (lm.RMSNorm(), lm.GroupNorm(2)):

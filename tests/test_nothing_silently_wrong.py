@@ -66,6 +66,7 @@ def test_to_torch_files_each_layer_under_its_own_key_whatever_order_like_gives()
     np.testing.assert_allclose(lm.forward(model)(params, x), _torch_out(net, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_from_torch_copies_so_torch_updates_in_place_never_reach_lamina():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))

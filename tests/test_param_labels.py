@@ -28,6 +28,7 @@ def test_labels_match_hand_built_masks(params):
     assert jax.tree.structure(mask) == jax.tree.structure(jax.tree.map(lambda _: 0, params))
 
 
+@pytest.mark.slow
 def test_labels_freeze_a_layer_and_decay_only_weights(params):
     model, params = params
     labels = lm.param_labels(params, {r"0\..*": "frozen"}, "train")

@@ -180,6 +180,7 @@ def test_errors_name_the_path():
         model.init(jax.random.key(0), (1, 5, 5))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", [lm.MaxPool(2), lm.AvgPool(2), lm.MaxPool(3, stride=2, padding=1),
                                    lm.AvgPool(3, padding=1), lm.GlobalAvgPool()], ids=repr)
 def test_pools_differentiate_under_jit(layer):

@@ -29,6 +29,7 @@ def test_dtypes_of_outputs_params_and_gradients(key):
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((new, state)) if jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
+@pytest.mark.slow
 def test_values_within_bfloat16_precision(key):
     model = lm.mlp([32, 4])
     _, params = model.init(key, (16,))

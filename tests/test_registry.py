@@ -132,6 +132,7 @@ def test_saved_with_its_model_and_rebuilt(name, i, ex, tmp_path):
         np.asarray(jax.tree.leaves(lm.forward(ex.layer)(params, xs, **kwargs))[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, i, ex", CASES, ids=IDS)
 def test_summary_trace_and_call_agree(name, i, ex):
     params, state = _init(ex)

@@ -85,6 +85,7 @@ def test_outputs_gradients_and_dropout_masks_equal_serial(stacked, unroll):
                        jax.grad(loss, argnums=1)(reference, copies), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_norm_state_is_stacked_and_updates_like_serial():
     block = lm.serial(lm.Dense(5), lm.BatchNorm(), lm.Relu())
     model, reference = lm.stack(block, 3), lm.serial(*[block] * 3)
@@ -227,6 +228,7 @@ def test_checkpoint_rebuilds_a_stack_of_remat(stacked, tmp_path):
                 model=lm.stack(lm.remat(BLOCK, lambda *a, **k: False), N))
 
 
+@pytest.mark.slow
 def test_from_torch_takes_a_sequential_of_identical_blocks():
     torch.manual_seed(0)
     torch_model = torch.nn.Sequential(*[
@@ -347,6 +349,7 @@ def test_a_stack_of_a_layer_without_params(layer):
                                lm.serial(*[layer] * 3).apply(model.unstack(params), x), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_stack_follows_serial_when_the_block_changes_the_dtype():
     for block, x in [(lm.Dense(4, dtype=jnp.bfloat16), jnp.ones(4)),
                      (lm.Dense(4), jnp.ones(4, jnp.bfloat16))]:

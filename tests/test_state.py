@@ -135,6 +135,7 @@ def test_train_step_threads_state_in_training_mode(key):
     assert np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_fit_and_evaluate_with_state(key):
     (x_train, y_train), (x_test, y_test) = _digits()
     results = {}
@@ -173,6 +174,7 @@ def _digits():
     return (x_train, y_train), (x_test, y_test)
 
 
+@pytest.mark.slow
 def test_per_example_grads_use_running_statistics(key):
     model = lm.serial(lm.Dense(3), lm.BatchNorm(), lm.Dense(2))
     _, params = model.init(key, (4,))

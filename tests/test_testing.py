@@ -387,6 +387,7 @@ def test_float32_compute_is_found_inside_sub_jaxprs(where):
     testing.check_layer(_layer(lambda p, x, *, key=None: fn(x), f"Sin32In_{where}"), (3,))
 
 
+@pytest.mark.slow
 def test_integer_input_is_drawn_in_range():
     seen = []
 
@@ -419,6 +420,7 @@ def _embedding(frozen=False, dtype=jnp.float32):
     return lm.Layer(init, apply, "FrozenEmbedding" if frozen else "Embedding")
 
 
+@pytest.mark.slow
 def test_an_embedding_lookup_passes_on_token_ids():
     testing.check_layer(_embedding(), (5,), input_dtype=jnp.int32)
     testing.check_layer(_embedding(), (2, 5), input_dtype=jnp.int8)  # any integer dtype
@@ -507,6 +509,7 @@ def test_x64_is_restored_after_the_gradient_check():
     assert not jax.config.jax_enable_x64
 
 
+@pytest.mark.slow
 def test_x64_stays_on_when_it_was_on(x64):
     testing.check_layer(lm.mlp([3, 2]), (4,))
     assert jax.config.jax_enable_x64
@@ -586,12 +589,14 @@ def test_parametrize_ids_and_values():
         testing.parametrize([("Dense", (4,))])
 
 
+@pytest.mark.slow
 def test_imports_without_pytest():
     code = "import sys; sys.modules['pytest'] = None; import lamina.testing; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
 
 
+@pytest.mark.slow
 def test_integer_params_are_held_fixed_and_legacy_keys_work():
     def init(key, input_shape):
         return input_shape, {"w": jax.random.normal(key, input_shape), "n": jnp.int32(3)}

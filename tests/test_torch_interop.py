@@ -69,6 +69,7 @@ def test_to_torch_without_like_follows_lamina_paths(key):
     nn.Linear(3, 2, bias=False).load_state_dict({k: torch.as_tensor(v) for k, v in single.items()})
 
 
+@pytest.mark.slow
 def test_model_trained_in_lamina_predicts_the_same_in_torch(key):
     xs = inputs(128)
     ys = (xs[:, 0] + xs[:, 1] > 0).astype(np.int32) + (xs[:, 2] > 1).astype(np.int32)

@@ -172,6 +172,7 @@ def test_evaluate_against_numpy(problem):
     assert result["accuracy"] == (logits.argmax(1) == np.asarray(ys)).mean()
 
 
+@pytest.mark.slow
 def test_regression_converges_to_closed_form():
     # y = 3x - 1 with a little noise: least squares has a closed form.
     x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None]
@@ -268,6 +269,7 @@ def test_padded_last_batch_is_masked_out():
     np.testing.assert_allclose(float(new["W"][0, 0]), w, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_gets_fresh_keys_and_eval_runs_without():
     seen = []
 
@@ -309,6 +311,7 @@ def test_fit_rejects_bad_data(data, error, pattern):
                key=jax.random.key(0), progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("progress", [False, True])  # the bar checks the loss on its own path
 def test_fit_stops_on_non_finite_loss(progress):
     model = lm.Dense(1)
@@ -359,6 +362,7 @@ def test_progress_bar_shows_epoch_step_and_loss(capsys):
     assert "epoch 2/2" in err and "step=2/2" in err and "loss=" in err
 
 
+@pytest.mark.slow
 def test_compiled_step_reuses_params_and_optimizer_buffers():
     # Donation shows in XLA's memory analysis: the outputs alias the inputs,
     # so a step never holds two copies of the weights or of Adam's moments.
@@ -387,6 +391,7 @@ def test_fit_twice_from_the_same_params():
     assert not np.array_equal(runs[0][0]["W"], runs[2][0]["W"])
 
 
+@pytest.mark.slow
 def test_train_step_without_donation_keeps_the_inputs(problem):
     model, params, xs, ys = problem
     opt = optax.adam(1e-2)

@@ -179,6 +179,7 @@ def test_user_layer_is_still_the_protocol(key, tmp_path):
     np.testing.assert_array_equal(lm.load(tmp_path / "p.safetensors", like=(model, (3,)))[1]["s"], 2.0)
 
 
+@pytest.mark.slow
 def test_import_lamina_loads_neither_chex_nor_jax_test_util():
     code = ("import sys, lamina; "
             "print(sorted(m for m in ('chex', 'jax.test_util', 'lamina.testing') if m in sys.modules))")
