@@ -99,7 +99,7 @@ def _another(layer):
         if isinstance(value, float) and field != "rate":
             return {field: value / 2}
         if isinstance(value, int) and not isinstance(value, bool) and field != "axis":
-            return {field: value * 2}
+            return {field: value * 2 or 1}
     if isinstance(layer, lm.Permute):
         return {"dims": layer.dims[::-1]}
     for field, value in layer.config().items():
@@ -115,6 +115,8 @@ def _another(layer):
         return {"act": "relu"}
     if isinstance(layer, lm.with_dtype):
         return {"compute": jnp.bfloat16}
+    if isinstance(layer, lm.PositionEmbedding):
+        return {"max_length": 16}
     return {"layer": lm.Identity()}
 
 
@@ -254,16 +256,36 @@ def _twin(layer, shape):
         module = nn.ReLU() if layer.act == "relu" else nn.Tanh()
     elif isinstance(layer, lm.Dropout):
         module = nn.Dropout(layer.rate)
+    elif isinstance(layer, (lm.ClassToken, lm.PositionEmbedding)):
+        return _learned(layer, shape)
     else:
         raise KeyError(type(layer).__name__)
     return module, module
+
+
+class _Learned(nn.Module):
+    """torchvision's ViT keeps its class token and positions as bare parameters."""
+
+    def __init__(self, name, shape):
+        super().__init__()
+        self.register_parameter(name, nn.Parameter(torch.randn(shape)))
+
+
+def _learned(layer, shape):
+    if isinstance(layer, lm.ClassToken):
+        module = _Learned("class_token", (1, 1, shape[-1]))
+        return module, lambda x: torch.cat(
+            [module.class_token.expand(*x.shape[:-2], 1, x.shape[-1]), x], dim=-2)
+    rows = layer.max_length or shape[-2]
+    module = _Learned("pos_embedding", (1, rows, shape[-1]))
+    return module, lambda x: x + module.pos_embedding[0, : x.shape[-2]]
 
 
 # Layers without weights have nothing to exchange; these hold weights but are
 # lamina's own composition, tested against torch in their own files.
 NO_TWIN = {
     "Activation", "AdaptiveAvgPool", "Add", "AvgPool", "Concat", "Dropout", "Flatten",
-    "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape", "Select",
+    "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape", "Select", "Take",
     "Upsample",  # no weights (each against torch in its own test file)
     "parallel", "residual", "stack",  # composition: test_combinators.py, test_stack.py
     "TransformerDecoderLayer",  # a dict input: tests/test_decoder.py

@@ -34,9 +34,10 @@ from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from lamina._src.layers.pooling import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.layers.precision import with_dtype
 from lamina._src.layers.recurrent import GRU, LSTM
-from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select
+from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select, Take
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
+from lamina._src.layers.tokens import ClassToken, PositionEmbedding
 from lamina._src.train.fit import fit
 from lamina._src.train.sharding import shard_batch, shard_params
 from lamina._src.train.step import accuracy, evaluate, per_example_grads, train_step
@@ -61,6 +62,7 @@ __all__ = [
     "AvgPool",
     "BatchNorm",
     "check_params",
+    "ClassToken",
     "Concat",
     "Conv",
     "ConvTranspose",
@@ -100,6 +102,7 @@ __all__ = [
     "Params",
     "per_example_grads",
     "Permute",
+    "PositionEmbedding",
     "Relu",
     "remat",
     "Reshape",
@@ -117,6 +120,7 @@ __all__ = [
     "summary",
     "Summary",
     "SummaryRow",
+    "Take",
     "Tanh",
     "testing",
     "to_torch",

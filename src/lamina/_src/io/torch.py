@@ -35,6 +35,7 @@ from lamina._src.core.errors import layer_error, transposed_hint
 from lamina._src.core.layer import Layer, Params, children
 from lamina._src.core.params import param_shapes, path_str
 from lamina._src.io.checkpoint import read_safetensors
+from lamina._src.io.torch_keys import KeyMap, module_order, renamed_keys
 from lamina._src.layers.stack import restack_tree, unrolled, unstack_tree
 
 
@@ -48,7 +49,12 @@ class _Unit(NamedTuple):
     build: Callable        # {torch local name: array} -> (params, state) of this layer
 
 
-def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], like: Any) -> Any:
+def from_torch(
+    state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"],
+    like: Any,
+    *,
+    key_map: Optional[KeyMap] = None,
+) -> Any:
     """lamina params (and state) from a PyTorch state dict or a safetensors file, no transposes.
 
     Args:
@@ -61,6 +67,15 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
         are copied, so torch's in-place updates never reach them.
       like: the params to fill: a params tree (arrays or
         `jax.ShapeDtypeStruct` leaves) or a `(model, input_shape)` pair.
+      key_map: optional, for state dicts whose names or module order are not
+        lamina's: a function from each torch key to the key to match
+        (returning None leaves the tensor out, e.g. a buffer lamina has no
+        place for), or a list of `(pattern, replacement)` regex renames
+        applied in turn with `re.sub`. Matching then runs on the new keys,
+        in their module order: `[("ln_1", "norm1")]` names torchvision's
+        ViT blocks as torch's `TransformerEncoderLayer`, and a numbered
+        name (`("^class_token$", "1.class_token")`) sorts before every
+        named one. Two keys mapped to one are refused.
 
     Returns:
       A params tree shaped like `like`, leaves as `jax.Array` in `like`'s
@@ -84,6 +99,10 @@ def from_torch(state_dict: Union[Mapping[str, Any], str, "os.PathLike[str]"], li
       (2, 4)
     """
     where, torch = _read_torch(state_dict)
+    if key_map is not None:
+        renamed = renamed_keys(torch, key_map, where)
+        where += " (keys after key_map)"
+        torch = {new: torch[renamed[new]] for new in module_order(renamed)}
     model = None
     if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
         model, input_shape = like
@@ -126,6 +145,7 @@ def to_torch(
     *,
     state: Any = None,
     model: Optional[Layer] = None,
+    key_map: Optional[KeyMap] = None,
 ) -> dict[str, np.ndarray]:
     """A PyTorch state dict from lamina params (and state), no transposes.
 
@@ -144,6 +164,9 @@ def to_torch(
         params: `{"W", "b"}` as `nn.Linear` (or a convolution), `{"scale",
         "offset"}` as `nn.LayerNorm`, or `nn.BatchNorm` where `state` holds
         running statistics.
+      key_map: optional, as `lm.from_torch`'s, applied to `like`'s keys;
+        the result keeps `like`'s own keys (those the map drops are left
+        out).
 
     Returns:
       `{torch key: np.ndarray}` in `like`'s key order (or tree order); pass
@@ -184,8 +207,13 @@ def to_torch(
             where, f"like must be a torch state dict or a list of its keys, got {like!r}", TypeError
         )
     shapes = {k: tuple(v.shape) for k, v in like.items()} if isinstance(like, Mapping) else {}
+    keys = {k: k for k in like}
+    if key_map is not None:
+        keys = renamed_keys(keys, key_map, where)
+        shapes = {new: shapes[old] for new, old in keys.items() if old in shapes}
+        where += " (keys after key_map)"
     values = {}
-    for unit, names in _match(units, module_order(like), where):
+    for unit, names in _match(units, module_order(keys), where):
         for local, tensor in unit.tensors.items():
             torch_key, value = names[local], np.array(tensor)
             if torch_key in shapes and shapes[torch_key] != value.shape:
@@ -196,7 +224,8 @@ def to_torch(
                     f"{transposed_hint(shapes[torch_key], value.shape)}",
                 )
             values[torch_key] = value
-    return {k: values[k] for k in like}
+    new_key = {old: new for new, old in keys.items()}
+    return {k: values[new_key[k]] for k in like if k in new_key}
 
 
 def _read_torch(state_dict: Any) -> tuple[str, dict[str, np.ndarray]]:
@@ -430,30 +459,6 @@ def _put(tree: Any, path: tuple, value: Any) -> Any:
     items = list(tree)
     items[head] = _put(items[head], rest, value)
     return type(tree)(items)
-
-
-def module_order(keys: Any) -> list[str]:
-    """Torch keys in the order of their modules: indices by number, names as they first come.
-
-    A state dict's own order is not to be trusted: safetensors hands keys
-    back sorted as text (`0, 1, 10, 11, 2`), and a user may shuffle them.
-    `nn.Sequential`'s indices say the true order, so they sort by number
-    (`2.weight` before `10.weight`) wherever they appear; named children
-    (`conv1`, `bn1`) keep the order in which they first appear.
-    """
-    keys = list(keys)
-    first: dict[tuple, int] = {}
-    for key in keys:
-        parts = key.split(".")
-        for depth in range(len(parts)):
-            first.setdefault(tuple(parts[: depth + 1]), len(first))
-
-    def rank(key: str) -> tuple:
-        parts = key.split(".")
-        return tuple((0, int(part)) if part.isdigit() else (1, first[tuple(parts[: i + 1])])
-                     for i, part in enumerate(parts))
-
-    return sorted(keys, key=rank)
 
 
 def _to_numpy(value: Any) -> np.ndarray:

@@ -28,9 +28,10 @@ from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from lamina._src.layers.pooling import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
 from lamina._src.layers.precision import with_dtype
 from lamina._src.layers.recurrent import GRU, LSTM
-from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select
+from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select, Take
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
+from lamina._src.layers.tokens import ClassToken, PositionEmbedding
 
 
 class Example(NamedTuple):
@@ -43,11 +44,11 @@ class Example(NamedTuple):
 
 
 LAYERS: dict[str, type[Builtin]] = {cls.__name__: cls for cls in (
-    Activation, AdaptiveAvgPool, Add, AvgPool, BatchNorm, Concat, Conv, ConvTranspose, Dense,
-    Dropout, Embedding, Flatten, GlobalAvgPool, GroupNorm, GRU, Identity, LayerNorm, LSTM,
-    MaxPool, MultiHeadAttention, Multiply, parallel, Permute, remat, Reshape, residual, RMSNorm,
-    Select, serial, stack, TransformerDecoderLayer, TransformerEncoderLayer, Upsample,
-    with_dtype,
+    Activation, AdaptiveAvgPool, Add, AvgPool, BatchNorm, ClassToken, Concat, Conv,
+    ConvTranspose, Dense, Dropout, Embedding, Flatten, GlobalAvgPool, GroupNorm, GRU, Identity,
+    LayerNorm, LSTM, MaxPool, MultiHeadAttention, Multiply, parallel, Permute, PositionEmbedding,
+    remat, Reshape, residual, RMSNorm, Select, serial, stack, Take, TransformerDecoderLayer,
+    TransformerEncoderLayer, Upsample, with_dtype,
 )}
 """Public name -> class, for every layer lamina can rebuild from a file."""
 
@@ -59,6 +60,7 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
                 Example(AvgPool(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
                         (2, 6, 5))),
     "BatchNorm": (Example(BatchNorm(), (3, 4)), Example(BatchNorm(momentum=0.5), (5,))),
+    "ClassToken": (Example(ClassToken(), (4, 6)), Example(ClassToken(), (2, 3, 4))),
     "Concat": (Example(Concat(), ((3,), (5,))), Example(Concat(axis=0), ((2, 3), (1, 3)))),
     "Conv": (Example(Conv(4, 3, padding=1, act="relu"), (2, 6, 6)),
              Example(Conv(4, (3,), stride=2, groups=2), (2, 9)),
@@ -83,6 +85,8 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
     "Multiply": (Example(Multiply(), ((4,), (4,))),),
     "parallel": (Example(parallel(Dense(3), Identity()), (4,)),),
     "Permute": (Example(Permute((1, 2, 0)), (2, 3, 4)),),
+    "PositionEmbedding": (Example(PositionEmbedding(), (5, 4)),
+                          Example(PositionEmbedding(max_length=8), (2, 6, 4))),
     # Wrappers first around a layer with state: the state must reach it.
     "remat": (Example(remat(serial(Dense(4), BatchNorm())), (3,)),
               Example(remat(Dense(3, act="tanh")), (4,))),
@@ -96,6 +100,7 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
                               Dense(2)), (2, 4, 4))),
     "stack": (Example(stack(serial(Dense(3), BatchNorm()), 2), (3,)),
               Example(stack(residual(Dense(3, act="tanh")), 3), (3,))),
+    "Take": (Example(Take(0), (5, 4)), Example(Take(-1, axis=1), (2, 3, 4))),
     "TransformerDecoderLayer": (
         Example(TransformerDecoderLayer(2, 16, causal=True), {"tgt": (3, 8), "memory": (4, 8)}),
         Example(TransformerDecoderLayer(2, 8, act="gelu", norm_first=False),

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from lamina._src.core.builtin import Builtin
 from lamina._src.core.checks import check_input_shape, size
 from lamina._src.core.errors import layer_error
-from lamina._src.core.fields import Check
+from lamina._src.core.fields import Check, Int
 
 
 class Identity(Builtin):
@@ -252,3 +252,67 @@ class Permute(Builtin):
 
     def forward(self, params, state, x, *, key, train):
         return jnp.transpose(x, self.dims), state
+
+
+class Take(Builtin):
+    """One position along an axis of each example, that axis dropped: `x[..., index, ...]`.
+
+    A vision transformer reads its prediction from the class token,
+    `Take(0)` on its `(S + 1, D)` sequence; a language model's next-token
+    logits are `Take(-1)`. As torch's `x.select(axis + 1, index)` on a
+    batch.
+
+    Args:
+      index: the position; negative counts from the end.
+      axis: the axis of ONE example (no batch axis); negative counts from
+        the end.
+
+    Raises:
+      TypeError: `index` or `axis` is not an int.
+      ValueError: at init or apply, `axis` is not an axis of the input or
+        `index` is out of its range.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lamina as lm
+      >>> lm.Take(0).init(jax.random.key(0), (5, 8))[0]
+      (8,)
+      >>> lm.Take(-1, axis=1).apply((), jnp.arange(6.0).reshape(2, 3))
+      Array([2., 5.], dtype=float32)
+    """
+
+    index: Int
+    axis: Int = 0
+
+    min_rank = 1
+    stochastic = False
+
+    def _place(self, input_shape) -> tuple[int, int]:
+        rank = len(input_shape)
+        if not -rank <= self.axis < rank:
+            raise layer_error(
+                self.name,
+                f"axis {self.axis} is not an axis of one example of shape {tuple(input_shape)} "
+                f"({rank} axes; the batch axis is not counted)",
+            )
+        axis = self.axis % rank
+        n = input_shape[axis]
+        if not -n <= self.index < n:
+            raise layer_error(
+                self.name,
+                f"index {self.index} is out of range for axis {axis} of size {n} (input "
+                f"shape {tuple(input_shape)})",
+            )
+        return self.index % n, axis
+
+    def output_shape(self, input_shape):
+        _, axis = self._place(input_shape)
+        return tuple(input_shape[:axis]) + tuple(input_shape[axis + 1:])
+
+    def check_input(self, x, params):
+        x = jnp.asarray(x)
+        self._place(x.shape)
+        return x
+
+    def forward(self, params, state, x, *, key, train):
+        index, axis = self._place(x.shape)
+        return jnp.take(x, index, axis=axis), state
