@@ -72,6 +72,7 @@ PUBLIC = [
     "Take",
     "Tanh",
     "testing",
+    "tied",
     "to_torch",
     "trace",
     "TraceStep",

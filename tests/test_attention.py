@@ -149,13 +149,21 @@ ENCODER_CASES = [  # T, D, num_heads, ff_features, act, norm_first, causal, eps
     (4, 12, 3, 24, "gelu", True, True, 1e-5),
     (7, 12, 4, 20, "gelu", False, True, 1e-3),
     (3, 6, 1, 8, "relu", True, True, 1e-6),
+    (5, 8, 2, 16, "gelu_tanh", True, True, 1e-5),   # GPT-2's block
 ]
+
+
+def _gelu_tanh(x):
+    return nn.functional.gelu(x, approximate="tanh")
 
 
 def torch_encoder(D, num_heads, ff, act, norm_first, eps, seed=0):
     torch.manual_seed(seed)
     module = nn.TransformerEncoderLayer(
-        D, num_heads, ff, dropout=0.0, activation=act, batch_first=True,
+        D, num_heads, ff, dropout=0.0, batch_first=True,
+        # A function, not nn.GELU(approximate="tanh"): torch's inference fast
+        # path takes any nn.GELU for the exact one.
+        activation=_gelu_tanh if act == "gelu_tanh" else act,
         norm_first=norm_first, layer_norm_eps=eps,
     )
     with torch.no_grad():  # LayerNorm's ones and zeros would not test the mapping
@@ -307,7 +315,8 @@ def test_reprs_and_names():
     (lambda: lm.TransformerEncoderLayer(0, 8), ValueError, r"num_heads must be >= 1"),
     (lambda: lm.TransformerEncoderLayer(2, "8"), TypeError, r"ff_features must be an int"),
     (lambda: lm.TransformerEncoderLayer(2, 8, act="tanh"), ValueError,
-     r"act must be 'relu' or 'gelu' \(torch's exact gelu\), got 'tanh'"),
+     r"act must be 'relu', 'gelu' \(torch's exact gelu\) or 'gelu_tanh' \(its tanh "
+     r"approximation\), got 'tanh'"),
     (lambda: lm.TransformerEncoderLayer(2, 8, act=jax.nn.relu), TypeError, r"act must be"),
     (lambda: lm.TransformerEncoderLayer(2, 8, act=["relu"]), TypeError, r"act must be"),
     (lambda: lm.TransformerEncoderLayer(2, 8, norm_first=1.0), TypeError, r"norm_first must be"),

@@ -10,6 +10,7 @@ its outputs, and survives `lm.save(model=)` / `lm.load_model`.
 from collections import OrderedDict
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -227,3 +228,150 @@ def test_vit_equals_torchvisions_and_rebuilds_from_a_file(tmp_path):
     rebuilt, loaded = lm.load_model(tmp_path / "vit.safetensors")
     assert rebuilt == model
     np.testing.assert_array_equal(np.asarray(lm.forward(rebuilt)(loaded, xs)), np.asarray(got))
+
+
+class _Conv1D(nn.Module):
+    """Hugging Face's Conv1D: a linear layer whose weight is stored (in, out)."""
+
+    def __init__(self, out, inp):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(inp, out) * 0.02)
+        self.bias = nn.Parameter(torch.randn(out) * 0.02)
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class _GPT2Attention(nn.Module):
+    def __init__(self, dim, heads, positions):
+        super().__init__()
+        self.heads = heads
+        self.c_attn = _Conv1D(3 * dim, dim)
+        self.c_proj = _Conv1D(dim, dim)
+        # Older transformers keep the causal mask as a buffer in the state dict.
+        self.register_buffer("bias", torch.tril(torch.ones(positions, positions, dtype=torch.bool))
+                             .view(1, 1, positions, positions))
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = (z.view(n, t, self.heads, -1).transpose(1, 2)
+                   for z in self.c_attn(x).split(d, dim=2))
+        scores = q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5
+        scores = scores.masked_fill(~self.bias[:, :, :t, :t], torch.finfo(scores.dtype).min)
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, d)
+        return self.c_proj(out)
+
+
+class _GPT2Block(nn.Module):
+    def __init__(self, dim, heads, positions):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = _GPT2Attention(dim, heads, positions)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Module()
+        self.mlp.c_fc = _Conv1D(4 * dim, dim)
+        self.mlp.c_proj = _Conv1D(dim, 4 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        hidden = nn.functional.gelu(self.mlp.c_fc(self.ln_2(x)), approximate="tanh")  # gelu_new
+        return x + self.mlp.c_proj(hidden)
+
+
+class _GPT2LMHead(nn.Module):
+    """transformers' GPT2LMHeadModel, same names and layouts, its head tied to wte."""
+
+    def __init__(self, vocab, positions, dim, heads, depth):
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.wte = nn.Embedding(vocab, dim)
+        self.transformer.wpe = nn.Embedding(positions, dim)
+        self.transformer.h = nn.ModuleList(_GPT2Block(dim, heads, positions)
+                                           for _ in range(depth))
+        self.transformer.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, ids):
+        t = self.transformer
+        x = t.wte(ids) + t.wpe(torch.arange(ids.shape[1]))
+        for block in t.h:
+            x = block(x)
+        return self.lm_head(t.ln_f(x))
+
+
+def gpt2(vocab, positions, dim, heads, depth):
+    """GPT-2 from lamina's layers: tied token embedding, learned positions, causal blocks."""
+    block = lm.TransformerEncoderLayer(heads, 4 * dim, act="gelu_tanh", causal=True)
+    return lm.tied(lm.Embedding(vocab, dim), lm.PositionEmbedding(max_length=positions),
+                   lm.stack(block, depth), lm.LayerNorm())
+
+
+# Hugging Face's names for torch's: a GPT-2 block is a pre-norm, causal
+# TransformerEncoderLayer whose Conv1D weights are stored transposed.
+GPT2_KEYS = [
+    (r"^lm_head\.weight$", None),        # the same tensor as wte: lm.tied shares it
+    (r"\.attn\.(masked_)?bias$", None),  # the causal mask, a buffer
+    (r"^transformer\.wte\.", "0."),
+    (r"^transformer\.wpe\.weight$", "1.pos_embedding", "unsqueeze"),
+    (r"^transformer\.h\.(\d+)\.", r"2.\1."),
+    (r"^transformer\.ln_f\.", "3."),
+    (r"\.ln_1\.", ".norm1."), (r"\.ln_2\.", ".norm2."),
+    (r"\.attn\.c_attn\.weight$", ".self_attn.in_proj_weight", "transpose"),
+    (r"\.attn\.c_attn\.bias$", ".self_attn.in_proj_bias"),
+    (r"\.attn\.c_proj\.", ".self_attn.out_proj.", "transpose"),
+    (r"\.mlp\.c_fc\.", ".linear1.", "transpose"),
+    (r"\.mlp\.c_proj\.", ".linear2.", "transpose"),
+]
+
+
+def test_gpt2_equals_hugging_faces_with_its_head_tied_and_rebuilds_from_a_file(tmp_path):
+    torch.manual_seed(2)
+    net = _GPT2LMHead(vocab=50, positions=16, dim=32, heads=4, depth=2).eval()
+    with torch.no_grad():  # LayerNorm's ones and zeros would not test the mapping
+        for module in net.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    model = gpt2(vocab=50, positions=16, dim=32, heads=4, depth=2)
+    params = lm.from_torch(net.state_dict(), like=(model, (10,)), key_map=GPT2_KEYS)
+    # Every weight once: torch's parameters() lists the tied table once too.
+    assert lm.summary(model, (10,), input_dtype=np.int32).params == sum(
+        p.numel() for p in net.parameters())
+
+    ids = np.random.default_rng(2).integers(0, 50, (3, 10)).astype(np.int32)
+    with torch.no_grad():
+        want = net(torch.as_tensor(ids, dtype=torch.long)).numpy()
+    got = lm.forward(model)(params, ids)
+    assert got.shape == (3, 10, 50)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+
+    # The tied table's gradient sums the embedding's use and the head's.
+    target = torch.as_tensor(ids[0, 1:], dtype=torch.long)
+    logits = net(torch.as_tensor(ids[:1], dtype=torch.long))[0, :-1]
+    nn.functional.cross_entropy(logits, target, reduction="sum").backward()
+
+    def loss(p):
+        out = model.apply(p, ids[0])[:-1]
+        return -jnp.take_along_axis(jax.nn.log_softmax(out), ids[0, 1:, None], axis=1).sum()
+
+    grads = jax.grad(loss)(params)
+    np.testing.assert_allclose(np.asarray(grads[0]["W"]),
+                               net.transformer.wte.weight.grad.numpy(), atol=1e-4, rtol=1e-4)
+
+    back = lm.to_torch(params, like=net.state_dict(), model=model, key_map=GPT2_KEYS)
+    kept = [k for k in net.state_dict() if k != "lm_head.weight" and not k.endswith(".attn.bias")]
+    assert list(back) == kept
+    for key in kept:
+        np.testing.assert_array_equal(back[key], net.state_dict()[key].numpy(), err_msg=key)
+
+    lm.save(tmp_path / "gpt2.safetensors", params, model=model)
+    rebuilt, loaded = lm.load_model(tmp_path / "gpt2.safetensors")
+    assert rebuilt == model
+    np.testing.assert_array_equal(np.asarray(lm.forward(rebuilt)(loaded, ids)), np.asarray(got))
+    head = lm.trace(model, params, ids[0])[-1]
+    assert head.path == "tied[head]" and head.layer == lm.Dense(50, use_bias=False)
+    np.testing.assert_allclose(np.asarray(head.output), want[0], atol=1e-5, rtol=1e-5)
+    rows = lm.summary(model, (10,), input_dtype=np.int32, show=False).rows
+    assert (rows[0].path, rows[0].params) == ("tied[0]", 50 * 32)
+    assert (rows[-1].path, rows[-1].params) == ("tied[head]", 0)  # counted at the embedding

@@ -246,6 +246,9 @@ def _twin(layer, shape):
         return _encoder(layer, shape)
     elif isinstance(layer, (lm.with_dtype, lm.remat)):
         return _twin(layer.model if isinstance(layer, lm.with_dtype) else layer.layer, shape)
+    elif isinstance(layer, lm.tied):  # GPT-2's head: the embedding's table, transposed
+        net, run = _sequential(layer, shape)
+        return net, lambda x: run(x) @ net[0].weight.T
     elif isinstance(layer, lm.serial):
         return _sequential(layer, shape)
     elif isinstance(layer, lm.MaxPool):

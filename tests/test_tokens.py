@@ -123,8 +123,12 @@ def test_key_map_as_a_function_drops_the_keys_it_maps_to_none():
                                             r"'x.weight'"),
     ([("(", "x")], ValueError, r"key_map holds a bad pattern"),
     ({"0": "1"}, TypeError, r"key_map must be a function of a torch key or a list of "
-                            r"\(pattern, replacement\) pairs of str"),
-    (lambda key: 3, TypeError, r"key_map\('0.weight'\) must return a str or None, got 3"),
+                            r"\(pattern, replacement\) or \(pattern, replacement, layout\) rules"),
+    ([("0", "1", "flip")], TypeError, r"key_map must be .* rules \(replacement None drops the "
+                                      r"key\), layout in \('transpose', 'unsqueeze'\), got "
+                                      r"\[\('0', '1', 'flip'\)\]"),
+    (lambda key: 3, TypeError, r"key_map\('0.weight'\) must return a str, a \(str, layout\) "
+                               r"pair with layout in \('transpose', 'unsqueeze'\), or None, got 3"),
 ])
 def test_bad_key_maps_are_refused(key_map, error, message):
     state = {k: np.ones((2, 2), np.float32) for k in ("0.weight", "0.bias", "2.weight")}

@@ -37,6 +37,7 @@ from lamina._src.layers.recurrent import GRU, LSTM
 from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select, Take
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
+from lamina._src.layers.tied import tied
 from lamina._src.layers.tokens import ClassToken, PositionEmbedding
 from lamina._src.train.fit import fit
 from lamina._src.train.sharding import shard_batch, shard_params
@@ -123,6 +124,7 @@ __all__ = [
     "Take",
     "Tanh",
     "testing",
+    "tied",
     "to_torch",
     "trace",
     "TraceStep",

@@ -35,7 +35,14 @@ from lamina._src.core.errors import layer_error, transposed_hint
 from lamina._src.core.layer import Layer, Params, children
 from lamina._src.core.params import param_shapes, path_str
 from lamina._src.io.checkpoint import read_safetensors
-from lamina._src.io.torch_keys import KeyMap, module_order, renamed_keys
+from lamina._src.io.torch_keys import (
+    KeyMap,
+    Renamed,
+    module_order,
+    renamed_keys,
+    to_lamina_layout,
+    to_torch_layout,
+)
 from lamina._src.layers.stack import restack_tree, unrolled, unstack_tree
 
 
@@ -71,11 +78,18 @@ def from_torch(
         lamina's: a function from each torch key to the key to match
         (returning None leaves the tensor out, e.g. a buffer lamina has no
         place for), or a list of `(pattern, replacement)` regex renames
-        applied in turn with `re.sub`. Matching then runs on the new keys,
+        applied in turn with `re.sub` (a replacement of None drops the
+        keys the pattern finds). Matching then runs on the new keys,
         in their module order: `[("ln_1", "norm1")]` names torchvision's
         ViT blocks as torch's `TransformerEncoderLayer`, and a numbered
         name (`("^class_token$", "1.class_token")`) sorts before every
-        named one. Two keys mapped to one are refused.
+        named one. Two keys mapped to one are refused. A tensor stored in
+        another layout says so: a rule `(pattern, replacement, layout)`, or
+        the function returning `(new key, layout)`, with layout
+        `"transpose"` (Hugging Face's `Conv1D` keeps `(in, out)` where
+        `nn.Linear` keeps `(out, in)`) or `"unsqueeze"` (a tensor without
+        the leading axis of one of lamina's torch name, e.g. GPT-2's
+        `wpe.weight` as a `PositionEmbedding`'s `pos_embedding`).
 
     Returns:
       A params tree shaped like `like`, leaves as `jax.Array` in `like`'s
@@ -102,7 +116,8 @@ def from_torch(
     if key_map is not None:
         renamed = renamed_keys(torch, key_map, where)
         where += " (keys after key_map)"
-        torch = {new: torch[renamed[new]] for new in module_order(renamed)}
+        torch = {new: to_lamina_layout(torch[renamed[new].key], renamed[new].layout)
+                 for new in module_order(renamed)}
     model = None
     if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
         model, input_shape = like
@@ -165,8 +180,8 @@ def to_torch(
         "offset"}` as `nn.LayerNorm`, or `nn.BatchNorm` where `state` holds
         running statistics.
       key_map: optional, as `lm.from_torch`'s, applied to `like`'s keys;
-        the result keeps `like`'s own keys (those the map drops are left
-        out).
+        the result keeps `like`'s own keys and layouts (keys the map drops
+        are left out).
 
     Returns:
       `{torch key: np.ndarray}` in `like`'s key order (or tree order); pass
@@ -207,10 +222,11 @@ def to_torch(
             where, f"like must be a torch state dict or a list of its keys, got {like!r}", TypeError
         )
     shapes = {k: tuple(v.shape) for k, v in like.items()} if isinstance(like, Mapping) else {}
-    keys = {k: k for k in like}
+    keys = renamed_keys(like, key_map, where) if key_map is not None else {
+        k: Renamed(k, None) for k in like}
     if key_map is not None:
-        keys = renamed_keys(keys, key_map, where)
-        shapes = {new: shapes[old] for new, old in keys.items() if old in shapes}
+        shapes = {new: tuple(to_lamina_layout(np.empty(shapes[old], np.bool_), layout).shape)
+                  for new, (old, layout) in keys.items() if old in shapes}
         where += " (keys after key_map)"
     values = {}
     for unit, names in _match(units, module_order(keys), where):
@@ -224,8 +240,9 @@ def to_torch(
                     f"{transposed_hint(shapes[torch_key], value.shape)}",
                 )
             values[torch_key] = value
-    new_key = {old: new for new, old in keys.items()}
-    return {k: values[new_key[k]] for k in like if k in new_key}
+    new_key = {old: new for new, (old, _) in keys.items()}
+    return {k: to_torch_layout(values[new_key[k]], keys[new_key[k]].layout)
+            for k in like if k in new_key}
 
 
 def _read_torch(state_dict: Any) -> tuple[str, dict[str, np.ndarray]]:

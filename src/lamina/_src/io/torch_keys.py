@@ -9,49 +9,101 @@ not lamina's (torchvision's ViT blocks, Hugging Face models).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
 
 from lamina._src.core.errors import layer_error
 
-KeyMap = Union[Callable[[str], Optional[str]], Sequence[tuple[str, str]]]
-"""Torch key -> the key lamina matches: a function (None drops the key) or regex renames."""
+KeyMap = Union[Callable[[str], Any], Sequence[tuple]]
+"""Torch key -> the key lamina matches (and the tensor's layout): a function or regex rules."""
+
+LAYOUTS = ("transpose", "unsqueeze")
+"""How a torch tensor differs from the layout of the torch name lamina matches it to:
+`"transpose"`, a matrix stored `(in, out)` (Hugging Face's `Conv1D`) for torch's
+`nn.Linear` `(out, in)`; `"unsqueeze"`, a tensor without the leading axis of one
+that lamina's torch name has (GPT-2's `wpe.weight` `(L, D)` as a
+`PositionEmbedding`'s `pos_embedding` `(1, L, D)`)."""
 
 
-def renamed_keys(keys: Any, key_map: KeyMap, where: str) -> dict[str, str]:
-    """`{new key: torch key}` for the keys `key_map` keeps, in their order."""
-    if callable(key_map):
-        rename = key_map
-    elif isinstance(key_map, Sequence) and not isinstance(key_map, str) and all(
-            isinstance(pair, (tuple, list)) and len(pair) == 2
-            and all(isinstance(part, str) for part in pair) for pair in key_map):
-        try:
-            rules = [(re.compile(pattern), repl) for pattern, repl in key_map]
-        except re.error as error:
-            raise layer_error(where, f"key_map holds a bad pattern: {error}") from None
+class Renamed(NamedTuple):
+    """A torch key the key map kept: its own name, and its layout."""
 
-        def rename(key: str) -> str:
-            for pattern, repl in rules:
-                key = pattern.sub(repl, key)
-            return key
-    else:
-        raise layer_error(
-            where,
-            f"key_map must be a function of a torch key or a list of (pattern, replacement) "
-            f"pairs of str, got {key_map!r}",
-            TypeError,
-        )
-    out: dict[str, str] = {}
+    key: str
+    layout: Optional[str]
+
+
+def renamed_keys(keys: Any, key_map: KeyMap, where: str) -> dict[str, Renamed]:
+    """`{new key: Renamed(torch key, layout)}` for the keys `key_map` keeps, in their order."""
+    rename = _rule(key_map, where)
+    out: dict[str, Renamed] = {}
     for key in keys:
         new = rename(key)
         if new is None:
             continue
-        if not isinstance(new, str):
+        name, layout = new if isinstance(new, tuple) and len(new) == 2 else (new, None)
+        if not isinstance(name, str) or layout not in (None, *LAYOUTS):
             raise layer_error(
-                where, f"key_map({key!r}) must return a str or None, got {new!r}", TypeError)
-        if new in out:
-            raise layer_error(where, f"key_map maps both {out[new]!r} and {key!r} to {new!r}")
-        out[new] = key
+                where, f"key_map({key!r}) must return a str, a (str, layout) pair with layout "
+                       f"in {LAYOUTS}, or None, got {new!r}", TypeError)
+        if name in out:
+            raise layer_error(where, f"key_map maps both {out[name].key!r} and {key!r} to {name!r}")
+        out[name] = Renamed(key, layout)
     return out
+
+
+def _rule(key_map: KeyMap, where: str) -> Callable[[str], Any]:
+    """`key_map` as one function of a key."""
+    if callable(key_map):
+        return key_map
+    if isinstance(key_map, Sequence) and not isinstance(key_map, str) and all(
+            isinstance(rule, (tuple, list)) and len(rule) in (2, 3)
+            and isinstance(rule[0], str) and (rule[1] is None or isinstance(rule[1], str))
+            and (len(rule) == 2 or rule[2] in LAYOUTS) for rule in key_map):
+        try:
+            rules = [(re.compile(rule[0]), rule[1], rule[2] if len(rule) == 3 else None)
+                     for rule in key_map]
+        except re.error as error:
+            raise layer_error(where, f"key_map holds a bad pattern: {error}") from None
+
+        def rename(key: str) -> Any:
+            layout = None
+            for pattern, repl, rule_layout in rules:
+                if repl is None:  # a tensor lamina has no place for
+                    if pattern.search(key):
+                        return None
+                    continue
+                key, n = pattern.subn(repl, key)
+                if n and rule_layout is not None:
+                    layout = rule_layout
+            return key if layout is None else (key, layout)
+
+        return rename
+    raise layer_error(
+        where,
+        f"key_map must be a function of a torch key or a list of (pattern, replacement) or "
+        f"(pattern, replacement, layout) rules (replacement None drops the key), layout in "
+        f"{LAYOUTS}, got {key_map!r}",
+        TypeError,
+    )
+
+
+def to_lamina_layout(value: Any, layout: Optional[str]) -> Any:
+    """A torch tensor (NumPy) in the layout of the torch name lamina matched it to."""
+    if layout == "transpose":
+        return np.swapaxes(value, -1, -2) if np.ndim(value) >= 2 else value
+    if layout == "unsqueeze":
+        return value[None]
+    return value
+
+
+def to_torch_layout(value: Any, layout: Optional[str]) -> Any:
+    """The inverse of `to_lamina_layout`."""
+    if layout == "transpose":
+        return np.ascontiguousarray(np.swapaxes(value, -1, -2)) if np.ndim(value) >= 2 else value
+    if layout == "unsqueeze":
+        return value[0]
+    return value
 
 
 def module_order(keys: Any) -> list[str]:

@@ -264,22 +264,25 @@ class MultiHeadAttention(Builtin):
 
 
 # torch.nn.TransformerEncoderLayer's activation strings; "gelu" is exact in
-# both libraries, as in lm.ACTIVATIONS.
-_ENCODER_ACTS = ("relu", "gelu")
+# both libraries, as in lm.ACTIVATIONS. "gelu_tanh" is torch's
+# activation=nn.GELU(approximate="tanh"), GPT-2's.
+_ENCODER_ACTS = ("relu", "gelu", "gelu_tanh")
 
 
 def _encoder_act(where: str, arg: str, value: Any) -> str:
     if not isinstance(value, str) or value not in _ENCODER_ACTS:
         raise layer_error(
             where,
-            f"act must be 'relu' or 'gelu' (torch's exact gelu), got {value!r}",
+            f"act must be 'relu', 'gelu' (torch's exact gelu) or 'gelu_tanh' (its tanh "
+            f"approximation), got {value!r}",
             ValueError if isinstance(value, str) else TypeError,
         )
     return value
 
 
 EncoderAct = Annotated[str, Check(_encoder_act)]
-"""The feed-forward activation of a transformer layer: "relu" or "gelu" (exact, as torch's)."""
+"""The feed-forward activation of a transformer layer: "relu", "gelu" (exact, as torch's) or
+"gelu_tanh"."""
 
 # torch's module name -> where that module's params sit in the block's params
 # tree, for norm_first True and False (see _encoder_block), in torch's
@@ -313,8 +316,9 @@ class TransformerEncoderLayer(Builtin):
     Args:
       num_heads: the number of attention heads; must divide D.
       ff_features: the hidden size of the feed-forward network, >= 1.
-      act: the feed-forward activation, `"relu"` or `"gelu"` (exact, as
-        torch's, not tanh-approximated).
+      act: the feed-forward activation, `"relu"`, `"gelu"` (exact, as
+        torch's) or `"gelu_tanh"` (torch's `nn.GELU(approximate="tanh")`,
+        GPT-2's).
       norm_first: pre-norm (True) or post-norm (False).
       causal: if True, position `t` attends only to positions `<= t`.
       eps: the LayerNorms' eps, > 0.

@@ -59,7 +59,8 @@ class TransformerDecoderLayer(Builtin):
     Args:
       num_heads: the number of attention heads; must divide D.
       ff_features: the hidden size of the feed-forward network, >= 1.
-      act: the feed-forward activation, `"relu"` or `"gelu"` (exact).
+      act: the feed-forward activation, `"relu"`, `"gelu"` (exact) or
+        `"gelu_tanh"` (torch's `nn.GELU(approximate="tanh")`).
       norm_first: pre-norm (True, as `TransformerEncoderLayer`'s default) or
         post-norm (False, torch's default).
       causal: if True, target position `t` attends only to positions `<= t`.

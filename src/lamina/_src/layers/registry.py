@@ -31,6 +31,7 @@ from lamina._src.layers.recurrent import GRU, LSTM
 from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Select, Take
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
+from lamina._src.layers.tied import tied
 from lamina._src.layers.tokens import ClassToken, PositionEmbedding
 
 
@@ -47,7 +48,7 @@ LAYERS: dict[str, type[Builtin]] = {cls.__name__: cls for cls in (
     Activation, AdaptiveAvgPool, Add, AvgPool, BatchNorm, ClassToken, Concat, Conv,
     ConvTranspose, Dense, Dropout, Embedding, Flatten, GlobalAvgPool, GroupNorm, GRU, Identity,
     LayerNorm, LSTM, MaxPool, MultiHeadAttention, Multiply, parallel, Permute, PositionEmbedding,
-    remat, Reshape, residual, RMSNorm, Select, serial, stack, Take, TransformerDecoderLayer,
+    remat, Reshape, residual, RMSNorm, Select, serial, stack, Take, tied, TransformerDecoderLayer,
     TransformerEncoderLayer, Upsample, with_dtype,
 )}
 """Public name -> class, for every layer lamina can rebuild from a file."""
@@ -101,6 +102,9 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
     "stack": (Example(stack(serial(Dense(3), BatchNorm()), 2), (3,)),
               Example(stack(residual(Dense(3, act="tanh")), 3), (3,))),
     "Take": (Example(Take(0), (5, 4)), Example(Take(-1, axis=1), (2, 3, 4))),
+    "tied": (Example(tied(Embedding(12, 8), TransformerEncoderLayer(2, 16, causal=True)), (5,),
+                     jnp.int32, 12),
+             Example(tied(Embedding(6, 4)), (3,), jnp.int32, 6)),
     "TransformerDecoderLayer": (
         Example(TransformerDecoderLayer(2, 16, causal=True), {"tgt": (3, 8), "memory": (4, 8)}),
         Example(TransformerDecoderLayer(2, 8, act="gelu", norm_first=False),
