@@ -140,6 +140,7 @@ def test_summary_trace_and_call_agree(name, i, ex):
     params, state = _init(ex)
     info = lm.summary(ex.layer, ex.input_shape, show=False, input_dtype=ex.input_dtype)
     assert info.params == sum(leaf.size for leaf in jax.tree.leaves(params))
+    assert sum(row.params for row in info.rows) == info.params  # each weight in one row
     assert info.state == sum(leaf.size for leaf in jax.tree.leaves(state))
     x = jax.tree.map(lambda a: a[0], _inputs(ex))
     steps = lm.trace(ex.layer, params, x, state=state)

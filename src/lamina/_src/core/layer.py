@@ -22,7 +22,7 @@ computes each example alone.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional, Union
 
 import jax
 
@@ -245,16 +245,17 @@ def record_call(layer: Layer, params: Params, state: Any, x: Any, key: Any = Non
     return y, new, steps
 
 
-def call_child(segment: str, index: Optional[int], child: Layer, params: Params, state: Any,
-               x: Any, key: Any = None, train: bool = False,
+def call_child(segment: str, index: Optional[Union[int, str]], child: Layer, params: Params,
+               state: Any, x: Any, key: Any = None, train: bool = False,
                feed: Optional[int] = None) -> tuple[Any, Any]:
     """`child.call(...)` as a part of the layer now running: the one way a layer runs another.
 
     Errors from inside get `segment` (e.g. `"serial[2]"`) in their path.
     While `lm.trace` records, the child's steps join the running layer's,
-    under `segment`, at params entry `index` (`None`: the child's params are
-    this layer's own), fed by the running layer's step `feed` (default: its
-    last step so far, or its input).
+    under `segment`, at params entry `index` (a tuple position or a dict
+    key; `None`: the child's params are this layer's own), fed by the
+    running layer's step `feed` (default: its last step so far, or its
+    input).
     """
     parent = record.parent_frame()
     with child_context(segment, child):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional, Union
 
 from lamina._src.core.errors import join_path
 
@@ -25,7 +25,8 @@ class TraceStep(NamedTuple):
 
     Attributes:
       path: where the layer sits, e.g. `"serial[2]"` (`""` for the root).
-      index: the same place as a path into the params tree, e.g. `(2,)`.
+      index: the same place as a path into the params tree, e.g. `(2,)`, or
+        `("self_attn",)` under a layer whose params are a dict.
       name: the layer's name, e.g. `"Dense(10, relu)"`.
       input: the example the layer received.
       params: the layer's own parameters (`()` for none).
@@ -50,7 +51,7 @@ class TraceStep(NamedTuple):
     """
 
     path: str
-    index: tuple[int, ...]  # type: ignore[assignment]  # the field shadows tuple.index
+    index: tuple[Union[int, str], ...]  # type: ignore[assignment]  # shadows tuple.index
     name: str
     input: Any
     params: Any
@@ -135,7 +136,7 @@ def paused() -> Iterator[None]:
         _FRAMES.reset(token)
 
 
-def nest(steps: list[TraceStep], segment: str, i: Optional[int], offset: int,
+def nest(steps: list[TraceStep], segment: str, i: Optional[Union[int, str]], offset: int,
          feed: int) -> list[TraceStep]:
     """A child's trace steps as steps of its parent.
 

@@ -146,19 +146,15 @@ def summary(
     output_shape, params = param_shapes(model, input_shape)
     state = jax.eval_shape(lambda: model.init_state(input_shape)) if model.stateful else None
     steps = abstract_trace(model, params, input_shape, input_dtype, state)
-    rows, counted = [], set()
+    rows = []
     for step in steps:
         # residual and parallel add a step of their own after their
-        # children's, whose params include the children's; a tied head runs
-        # with its embedding's params: count those once.
+        # children's, whose params include the children's: count those once.
         combinator = any(
             len(other.index) > len(step.index) and other.index[: len(step.index)] == step.index
             for other in steps
         )
-        shared = step.index in counted
-        counted.add(step.index)
-        own = 0 if combinator or shared else sum(
-            leaf.size for leaf in jax.tree.leaves(step.params))
+        own = 0 if combinator else sum(leaf.size for leaf in jax.tree.leaves(step.params))
         flops = step.layer.flops(step) if step.layer is not None else 0
         rows.append(SummaryRow(step.path, step.name, shape_of(step.output), own, flops))
     leaves = jax.tree.leaves(params)

@@ -162,7 +162,7 @@ class TransformerDecoderLayer(Builtin):
         parts = self.parts(tgt.shape[-1])
 
         def run(name, value):
-            return call_child(name, None, parts[name], params[name], (), value, None, train)[0]
+            return call_child(name, name, parts[name], params[name], (), value, None, train)[0]
 
         def self_attn(h):
             return run("self_attn", {"query": h, **_masks(x, "tgt_mask", "tgt_key_padding_mask")})

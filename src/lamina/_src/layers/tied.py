@@ -85,6 +85,8 @@ class tied(serial, init=False):
 
     def forward(self, params, state, x, *, key, train):
         h, state = super().forward(params, state, x, key=key, train=train)
-        logits, _ = call_child("tied[head]", 0, self.head, {"W": params[0]["W"]}, (), h, None,
+        # Recorded at this layer's own params (index None), which hold the
+        # table: summary counts it once, at the embedding.
+        logits, _ = call_child("tied[head]", None, self.head, {"W": params[0]["W"]}, (), h, None,
                                train)
         return logits, state
