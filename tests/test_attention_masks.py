@@ -103,3 +103,56 @@ def test_mask_and_part_errors_name_the_layer():
     with pytest.raises(TypeError, match=r"key_padding_mask must be bool \(True: may not look\) or float "
                                         r"\(added to the scores\), got int32"):
         layer.apply(params, {"query": jnp.ones((T, D)), "key_padding_mask": jnp.zeros(T, jnp.int32)})
+
+
+ENCODER_MASKS = {
+    "key padding": lambda a: {"src_key_padding_mask": a["pad"]},
+    "bool src_mask": lambda a: {"src_mask": a["blocked"]},
+    "float src_mask and padding": lambda a: {"src_mask": a["float"],
+                                             "src_key_padding_mask": a["pad"]},
+}
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched")  # torch's own
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("case", sorted(ENCODER_MASKS))
+def test_encoder_layer_masks_equal_torch(case, norm_first):
+    rng = np.random.default_rng(3)
+    src = rng.standard_normal((N, S, D)).astype(np.float32)
+    _, _, _, _, pad, _ = _arrays()
+    blocked = rng.random((S, S)) < 0.3
+    blocked[:, 0] = False  # every position keeps a key
+    masks = ENCODER_MASKS[case]({"pad": pad, "blocked": blocked,
+                                 "float": rng.standard_normal((S, S)).astype(np.float32)})
+    torch.manual_seed(1)
+    net = torch.nn.TransformerEncoderLayer(D, H, 16, dropout=0.0, batch_first=True,
+                                           norm_first=norm_first)
+    # Train mode (no dropout here): torch's inference fast path returns zeros at
+    # padded positions instead of what its own math computes there.
+    net.train()
+    layer = lm.TransformerEncoderLayer(H, 16, norm_first=norm_first)
+    params = lm.from_torch(net.state_dict(), like=(layer, (S, D)))
+    tsrc = torch.tensor(src, requires_grad=True)
+    want = net(tsrc, **{n: torch.tensor(m) for n, m in masks.items()})
+    r = rng.standard_normal(tuple(want.shape)).astype(np.float32)
+    (want * torch.tensor(r)).sum().backward()
+    inputs = {"src": src, **{n: m if n == "src_key_padding_mask" else np.broadcast_to(m, (N,) + m.shape)
+                            for n, m in masks.items()}}
+    fwd = lm.forward(layer)
+    np.testing.assert_allclose(fwd(params, inputs), want.detach().numpy(), rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda s: jnp.sum(fwd(params, {**inputs, "src": s}) * r))(src)
+    np.testing.assert_allclose(grad, tsrc.grad.numpy(), rtol=1e-4, atol=1e-4)
+    # Without masks, the dict input is the array input.
+    np.testing.assert_array_equal(fwd(params, {"src": src}), fwd(params, src))
+
+
+def test_encoder_layer_with_masks_passes_check_layer_and_its_errors_name_it():
+    layer = lm.TransformerEncoderLayer(H, 16, causal=True)
+    lm.testing.check_layer(layer, {"src": (4, D), "src_mask": (4, 4)})
+    with pytest.raises(ValueError, match=r"expects an array \(T, D\) or a dict with 'src' \(T, D\) "
+                                         r"and optionally 'src_mask' \(T, T\) and "
+                                         r"'src_key_padding_mask' \(T,\); got input shape"):
+        layer.init(jax.random.key(0), {"src": (4, D), "memory": (4, D)})
+    with pytest.raises(ValueError, match=r"src_key_padding_mask must have shape \(4,\) for a "
+                                         r"sequence of shape \(4, 8\), got \(5,\)"):
+        layer.init(jax.random.key(0), {"src": (4, D), "src_key_padding_mask": (5,)})

@@ -22,13 +22,14 @@ from lamina._src.layers.activations import (
     Softmax,
     Tanh,
 )
-from lamina._src.layers.attention import MultiHeadAttention, TransformerEncoderLayer
+from lamina._src.layers.attention import MultiHeadAttention
 from lamina._src.layers.combinators import Concat, mlp, parallel, residual, serial
 from lamina._src.layers.conv import Conv, ConvTranspose
 from lamina._src.layers.decoder import TransformerDecoderLayer
 from lamina._src.layers.dense import Dense, dense
 from lamina._src.layers.dropout import Dropout
 from lamina._src.layers.embedding import Embedding
+from lamina._src.layers.encoder import TransformerEncoderLayer
 from lamina._src.layers.merge import Add, Multiply
 from lamina._src.layers.norms import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from lamina._src.layers.pooling import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool

@@ -245,15 +245,16 @@ def record_call(layer: Layer, params: Params, state: Any, x: Any, key: Any = Non
     return y, new, steps
 
 
-def call_child(segment: str, index: Optional[Union[int, str]], child: Layer, params: Params,
+def call_child(segment: str, index: Optional[Union[int, str, tuple]], child: Layer, params: Params,
                state: Any, x: Any, key: Any = None, train: bool = False,
                feed: Optional[int] = None) -> tuple[Any, Any]:
     """`child.call(...)` as a part of the layer now running: the one way a layer runs another.
 
     Errors from inside get `segment` (e.g. `"serial[2]"`) in their path.
     While `lm.trace` records, the child's steps join the running layer's,
-    under `segment`, at params entry `index` (a tuple position or a dict
-    key; `None`: the child's params are this layer's own), fed by the
+    under `segment`, at params entry `index` (a tuple position, a dict key,
+    or a tuple of those for a place deeper down; `None`: the child's params
+    are this layer's own), fed by the
     running layer's step `feed` (default: its last step so far, or its
     input).
     """

@@ -136,7 +136,7 @@ def paused() -> Iterator[None]:
         _FRAMES.reset(token)
 
 
-def nest(steps: list[TraceStep], segment: str, i: Optional[Union[int, str]], offset: int,
+def nest(steps: list[TraceStep], segment: str, i: Optional[Union[int, str, tuple]], offset: int,
          feed: int) -> list[TraceStep]:
     """A child's trace steps as steps of its parent.
 
@@ -153,6 +153,6 @@ def nest(steps: list[TraceStep], segment: str, i: Optional[Union[int, str]], off
         )
         if sources is None and not out:
             sources = (feed,)
-        index = s.index if i is None else (i,) + s.index
+        index = s.index if i is None else (i if isinstance(i, tuple) else (i,)) + s.index
         out.append(s._replace(path=join_path(segment, s.path), index=index, sources=sources))
     return out

@@ -59,7 +59,8 @@ class Summary(NamedTuple):
 
     Attributes:
       name: the model's name.
-      input_shape: the shape of one input example.
+      input_shape: the shape of one input example (a tuple or dict of
+        shapes for a model of several inputs).
       output_shape: the shape of one output example.
       rows: one `SummaryRow` per layer, in the order they run.
       params: total number of parameters.
@@ -77,7 +78,7 @@ class Summary(NamedTuple):
     """
 
     name: str
-    input_shape: Shape
+    input_shape: Any
     output_shape: Any
     rows: tuple[SummaryRow, ...]
     params: int
@@ -160,7 +161,7 @@ def summary(
     leaves = jax.tree.leaves(params)
     result = Summary(
         name=model.name,
-        input_shape=tuple(input_shape),
+        input_shape=input_shape if isinstance(input_shape, dict) else tuple(input_shape),
         output_shape=output_shape,
         rows=tuple(rows),
         params=sum(leaf.size for leaf in leaves),

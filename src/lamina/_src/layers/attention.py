@@ -1,20 +1,16 @@
-"""Self-attention and the transformer encoder block built on it.
+"""Multi-head attention, with torch's masks, for self- and cross-attention.
 
 In self-attention every position of a sequence looks at every other: each
 position's vector is projected to a query, a key and a value; a position's
 output is the average of all values, weighted by the softmax of its query's
 dot products with all keys. Multi-head attention does this `num_heads` times
 on slices of the features and joins the results with one more projection.
-
-`TransformerEncoderLayer` composes attention, `LayerNorm`, `Dense` and
-`residual` into the block of `torch.nn.TransformerEncoderLayer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Annotated, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +19,10 @@ from jax import lax
 from lamina._src.core.builtin import Builtin
 from lamina._src.core.checks import check_float_input
 from lamina._src.core.errors import BATCH_HINT, layer_error
-from lamina._src.core.fields import Check, Count, Flag, Positive
-from lamina._src.core.layer import call_child
+from lamina._src.core.fields import Count, Flag
 from lamina._src.core.spec import Param
 from lamina._src.layers import initializers
-from lamina._src.layers.combinators import residual, serial
-from lamina._src.layers.dense import Dense, dense
-from lamina._src.layers.norms import LayerNorm
+from lamina._src.layers.dense import dense
 
 
 def _sequence_shape(name: str, shape: tuple, num_heads: int) -> tuple[int, int]:
@@ -261,147 +254,3 @@ class MultiHeadAttention(Builtin):
         biases = 3 * D + D if "b" in step.params["qkv"] else 0
         projections = 2 * T * D * D + 2 * S * D * 2 * D + 2 * T * D * D + T * biases
         return projections + 2 * T * S * D + 2 * T * S * D
-
-
-# torch.nn.TransformerEncoderLayer's activation strings; "gelu" is exact in
-# both libraries, as in lm.ACTIVATIONS. "gelu_tanh" is torch's
-# activation=nn.GELU(approximate="tanh"), GPT-2's.
-_ENCODER_ACTS = ("relu", "gelu", "gelu_tanh")
-
-
-def _encoder_act(where: str, arg: str, value: Any) -> str:
-    if not isinstance(value, str) or value not in _ENCODER_ACTS:
-        raise layer_error(
-            where,
-            f"act must be 'relu', 'gelu' (torch's exact gelu) or 'gelu_tanh' (its tanh "
-            f"approximation), got {value!r}",
-            ValueError if isinstance(value, str) else TypeError,
-        )
-    return value
-
-
-EncoderAct = Annotated[str, Check(_encoder_act)]
-"""The feed-forward activation of a transformer layer: "relu", "gelu" (exact, as torch's) or
-"gelu_tanh"."""
-
-# torch's module name -> where that module's params sit in the block's params
-# tree, for norm_first True and False (see _encoder_block), in torch's
-# state-dict order.
-_TORCH_PLACES = {
-    True: {"self_attn": (0, 0, 1), "linear1": (1, 0, 1), "linear2": (1, 0, 2),
-           "norm1": (0, 0, 0), "norm2": (1, 0, 0)},
-    False: {"self_attn": (0, 0), "linear1": (2, 0, 0), "linear2": (2, 0, 1),
-            "norm1": (1,), "norm2": (3,)},
-}
-
-
-class TransformerEncoderLayer(Builtin):
-    """A transformer encoder block: self-attention, then a feed-forward network.
-
-    Both halves are residual. With `norm_first` (pre-norm) the block is
-    `x = x + attn(norm1(x))`, then `x = x + ff(norm2(x))`; without it
-    (post-norm, the original transformer) `x = norm1(x + attn(x))`, then
-    `x = norm2(x + ff(x))`. `ff` is `Dense(ff_features, act)` then
-    `Dense(D)`. Equal to `torch.nn.TransformerEncoderLayer(D, num_heads,
-    ff_features, dropout=0.0, activation=act, batch_first=True,
-    norm_first=norm_first, layer_norm_eps=eps)` (note torch's default is
-    `norm_first=False`), with `src_mask` a causal mask when `causal`.
-
-    The block is an `lm.serial` of `lm.residual`, `lm.LayerNorm`,
-    `lm.MultiHeadAttention` and `lm.Dense`, so `lm.trace` and `lm.summary`
-    show those layers; its params are that serial's tuple. `torch_params`
-    and `params_from_torch` translate them to and from torch's state-dict
-    keys (`self_attn.in_proj_weight`, ..., `norm2.bias`).
-
-    Args:
-      num_heads: the number of attention heads; must divide D.
-      ff_features: the hidden size of the feed-forward network, >= 1.
-      act: the feed-forward activation, `"relu"`, `"gelu"` (exact, as
-        torch's) or `"gelu_tanh"` (torch's `nn.GELU(approximate="tanh")`,
-        GPT-2's).
-      norm_first: pre-norm (True) or post-norm (False).
-      causal: if True, position `t` attends only to positions `<= t`.
-      eps: the LayerNorms' eps, > 0.
-
-    Raises:
-      TypeError: a bad kind of argument; at apply, a non-float input.
-      ValueError: a count below 1, an unknown `act`, `eps <= 0`; at init or
-        apply, an input that is not `(T, D)` or whose D is not a multiple of
-        `num_heads`.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, lamina as lm
-      >>> block = lm.TransformerEncoderLayer(2, 32, act="gelu")
-      >>> out_shape, params = block.init(jax.random.key(0), (5, 8))
-      >>> out_shape, block.apply(params, jnp.ones((5, 8))).shape
-      ((5, 8), (5, 8))
-      >>> sorted(block.torch_params(params))[:2]
-      ['linear1.bias', 'linear1.weight']
-    """
-
-    num_heads: Count
-    ff_features: Count
-    _: dataclasses.KW_ONLY
-    act: EncoderAct = "relu"
-    norm_first: Flag = True
-    causal: Flag = False
-    eps: Positive = 1e-5
-
-    stochastic = False
-
-    def block(self, features: int) -> serial:
-        """The `lm.serial` this layer runs on inputs with `features` (D) features."""
-        return _encoder_block(self, features)
-
-    def output_shape(self, input_shape):
-        _sequence_shape(self.name, input_shape, self.num_heads)
-        return input_shape
-
-    def init(self, key, input_shape):
-        shape = self.check_input_shape(input_shape)
-        self.output_shape(shape)
-        return self.block(shape[1]).init(key, shape)
-
-    def check_input(self, x, params):
-        x = check_float_input(self.name, x)
-        _sequence_shape(self.name, x.shape, self.num_heads)
-        return x
-
-    def check_params(self, params, state, x):
-        pass  # the block's layers check their own, naming their paths
-
-    def forward(self, params, state, x, *, key, train):
-        return call_child("", None, self.block(x.shape[1]), params, state, x, key, train)
-
-    def torch_children(self, params):
-        places = _TORCH_PLACES[self.norm_first]
-        block = self.block(int(jnp.shape(_at(params, places["norm1"])["scale"])[0]))
-        return [(module, _layer_at(block, place), place) for module, place in places.items()]
-
-
-@functools.lru_cache(maxsize=256)
-def _encoder_block(layer: TransformerEncoderLayer, features: int) -> serial:
-    # Cached: apply builds the block on every (traced) call.
-    attn = MultiHeadAttention(layer.num_heads, causal=layer.causal)
-    ff = (Dense(layer.ff_features, layer.act), Dense(features))
-    if layer.norm_first:
-        return serial(
-            residual(serial(LayerNorm(layer.eps), attn)),
-            residual(serial(LayerNorm(layer.eps), *ff)),
-        )
-    return serial(residual(attn), LayerNorm(layer.eps), residual(serial(*ff)),
-                  LayerNorm(layer.eps))
-
-
-def _layer_at(layer: Any, place: tuple[int, ...]) -> Any:
-    for i in place:
-        layer = layer.layers[i] if hasattr(layer, "layers") else layer.layer
-    return layer
-
-
-def _at(params: Any, place: tuple[int, ...]) -> Any:
-    for i in place:
-        params = params[i]
-    return params
-
-

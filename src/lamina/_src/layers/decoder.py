@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +24,9 @@ from lamina._src.core.errors import child_context, layer_error
 from lamina._src.core.fields import Count, Flag, Positive
 from lamina._src.core.layer import Layer, call_child
 from lamina._src.core.record import TraceStep, add_step
-from lamina._src.layers.attention import EncoderAct, MultiHeadAttention, _sequence_shape
+from lamina._src.layers.attention import MultiHeadAttention, _sequence_shape
 from lamina._src.layers.dense import Dense
+from lamina._src.layers.encoder import EncoderAct, masks
 from lamina._src.layers.norms import LayerNorm
 
 _INPUTS = ("tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
@@ -165,11 +165,11 @@ class TransformerDecoderLayer(Builtin):
             return call_child(name, name, parts[name], params[name], (), value, None, train)[0]
 
         def self_attn(h):
-            return run("self_attn", {"query": h, **_masks(x, "tgt_mask", "tgt_key_padding_mask")})
+            return run("self_attn", {"query": h, **masks(x, "tgt_mask", "tgt_key_padding_mask")})
 
         def cross_attn(h):
             return run("multihead_attn", {"query": h, "key": memory,
-                                          **_masks(x, "memory_mask", "memory_key_padding_mask")})
+                                          **masks(x, "memory_mask", "memory_key_padding_mask")})
 
         def ff(h):
             return run("linear2", run("linear1", h))
@@ -184,16 +184,6 @@ class TransformerDecoderLayer(Builtin):
     def torch_children(self, params):
         D = int(jnp.shape(params["norm1"]["scale"])[0])
         return [(name, layer, (name,)) for name, layer in self.parts(D).items()]
-
-
-def _masks(x: dict, attn: str, padding: str) -> dict[str, Any]:
-    """The decoder's masks for one attention, under MultiHeadAttention's names."""
-    out = {}
-    if attn in x:
-        out["attn_mask"] = x[attn]
-    if padding in x:
-        out["key_padding_mask"] = x[padding]
-    return out
 
 
 @functools.lru_cache(maxsize=256)
