@@ -26,7 +26,7 @@ from lamina._src.core.layer import Layer, call_child
 from lamina._src.core.record import TraceStep, add_step
 from lamina._src.layers.attention import MultiHeadAttention, _sequence_shape
 from lamina._src.layers.dense import Dense
-from lamina._src.layers.encoder import EncoderAct, masks
+from lamina._src.layers.encoder import EncoderAct, check_masks, masks
 from lamina._src.layers.norms import LayerNorm
 
 _INPUTS = ("tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
@@ -115,13 +115,8 @@ class TransformerDecoderLayer(Builtin):
         S = memory[0]
         want = {"tgt_mask": (T, T), "memory_mask": (T, S), "tgt_key_padding_mask": (T,),
                 "memory_key_padding_mask": (S,)}
-        for part, shape in input_shape.items():
-            if part in want and tuple(shape) != want[part]:
-                raise layer_error(
-                    self.name,
-                    f"{part} must have shape {want[part]} for a target of shape {(T, D)} and a "
-                    f"memory of shape {(S, D)}, got {tuple(shape)}",
-                )
+        check_masks(self.name, input_shape, want,
+                    f"a target of shape {(T, D)} and a memory of shape {(S, D)}")
         return (T, D)
 
     def init(self, key, input_shape):

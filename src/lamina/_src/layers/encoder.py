@@ -141,14 +141,8 @@ class TransformerEncoderLayer(Builtin):
             _sequence_shape(self.name, input_shape, self.num_heads)
             return input_shape
         T, D = _sequence_shape(self.name, input_shape["src"], self.num_heads)
-        want = {"src_mask": (T, T), "src_key_padding_mask": (T,)}
-        for part, shape in input_shape.items():
-            if part in want and tuple(shape) != want[part]:
-                raise layer_error(
-                    self.name,
-                    f"{part} must have shape {want[part]} for a sequence of shape {(T, D)}, got "
-                    f"{tuple(shape)}",
-                )
+        check_masks(self.name, input_shape, {"src_mask": (T, T), "src_key_padding_mask": (T,)},
+                    f"a sequence of shape {(T, D)}")
         return (T, D)
 
     def init(self, key, input_shape):
@@ -215,6 +209,14 @@ def _encoder_block(layer: TransformerEncoderLayer, features: int) -> serial:
         )
     return serial(residual(attn), LayerNorm(layer.eps), residual(serial(*ff)),
                   LayerNorm(layer.eps))
+
+
+def check_masks(name: str, input_shape: dict, want: dict, inputs: str) -> None:
+    """Raises unless each mask in `input_shape` has the shape `want` says, for those `inputs`."""
+    for part, shape in input_shape.items():
+        if part in want and tuple(shape) != want[part]:
+            raise layer_error(
+                name, f"{part} must have shape {want[part]} for {inputs}, got {tuple(shape)}")
 
 
 def masks(x: dict, attn: str, padding: str) -> dict[str, Any]:
