@@ -262,3 +262,67 @@ def test_layer_and_direction_errors():
     params["l1"]["W_ih"] = params["l1"]["W_ih"][:, :3]
     with pytest.raises(ValueError, match=r"expected params\['l1'\]\['W_ih'\] of shape \(16, 4\)"):
         layer.apply(params, jnp.ones((5, 3)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (2, True)])
+def test_initial_and_final_state_equal_torch(torch, cls, num_layers, bidirectional):
+    torch.manual_seed(5)
+    module = getattr(torch.nn, cls)(3, 4, num_layers=num_layers, bidirectional=bidirectional,
+                                    batch_first=True)
+    layer = getattr(lm, cls)(4, num_layers=num_layers, bidirectional=bidirectional,
+                             return_state=True)
+    n = num_layers * (2 if bidirectional else 1)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 3)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((2, n, 4)).astype(np.float32) for _ in range(2))
+    params = lm.from_torch(module.state_dict(), like=(layer, (6, 3)))
+    tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    # torch's states are (layers * directions, batch, hidden); lamina's per example.
+    hx = (th0.transpose(0, 1), tc0.transpose(0, 1)) if cls == "LSTM" else th0.transpose(0, 1)
+    out, final = module(tx, hx)
+    finals = final if cls == "LSTM" else (final,)
+    inputs = {"input": x, "h_0": h0, **({"c_0": c0} if cls == "LSTM" else {})}
+    got = lm.forward(layer)(params, inputs)
+    assert got["output"].shape == (2, 6, 4 * (2 if bidirectional else 1))
+    np.testing.assert_allclose(got["output"], out.detach().numpy(), rtol=1e-5, atol=1e-5)
+    for name, want in zip(("h_n", "c_n"), finals):
+        np.testing.assert_allclose(got[name], want.detach().transpose(0, 1).numpy(),
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+    # Gradients reach the initial state, through the output and the final state.
+    loss = out.sum() + sum((f ** 2).sum() for f in finals)
+    loss.backward()
+    grads = jax.grad(lambda a: sum(jnp.sum(v) if k == "output" else jnp.sum(v ** 2)
+                                   for k, v in lm.forward(layer)(params, a).items()))(inputs)
+    for name, t in (("input", tx), ("h_0", th0), ("c_0", tc0)):
+        if name in inputs:
+            np.testing.assert_allclose(grads[name], t.grad.numpy(), rtol=1e-4, atol=1e-4,
+                                       err_msg=name)
+
+
+def test_a_state_given_and_returned_passes_check_layer_and_chains():
+    layer = lm.GRU(3, return_state=True)
+    lm.testing.check_layer(layer, {"input": (4, 2), "h_0": (1, 3)})
+    # Two halves of a sequence, the second starting where the first ended, are the whole.
+    _, params = layer.init(jax.random.key(0), (6, 2))
+    x = np.random.default_rng(0).standard_normal((6, 2)).astype(np.float32)
+    whole = layer.apply(params, x)
+    first = layer.apply(params, x[:3])
+    second = layer.apply(params, {"input": x[3:], "h_0": first["h_n"]})
+    np.testing.assert_allclose(second["output"], whole["output"][3:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(second["h_n"], whole["h_n"], rtol=1e-6, atol=1e-6)
+
+
+def test_state_input_errors():
+    with pytest.raises(ValueError, match=r"LSTM\(4\): expects an array \(T, D\) or a dict with "
+                                         r"'input' \(T, D\) and the initial state 'h_0' and "
+                                         r"'c_0' \(1, 4\), as torch's forward arguments"):
+        lm.LSTM(4).init(jax.random.key(0), {"input": (5, 3), "h_0": (1, 4)})
+    with pytest.raises(ValueError, match=r"h_0 must have shape \(4, 4\) \(num_layers \* "
+                                         r"directions, hidden\) for one example, got \(2, 4\)"):
+        lm.GRU(4, num_layers=2, bidirectional=True).init(
+            jax.random.key(0), {"input": (5, 3), "h_0": (2, 4)})
+    with pytest.raises(TypeError, match=r"GRU\(4\): expected a floating-point"):
+        lm.GRU(4).apply(lm.GRU(4).init(jax.random.key(0), (5, 3))[1],
+                        {"input": jnp.ones((5, 3)), "h_0": jnp.ones((1, 4), jnp.int32)})

@@ -3,9 +3,12 @@
 A recurrent layer reads a sequence `x` of shape `(T, D)` one step at a time,
 carrying a hidden state `h` (and, for the LSTM, a cell state `c`) from step to
 step, and returns every step's `h`: shape `(T, hidden)`. The state starts at
-zero. Gates are computed from `x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh`, with
-the weights stacked gate by gate in PyTorch's order (LSTM: i, f, g, o; GRU:
-r, z, n), so `torch.nn.LSTM(D, hidden, batch_first=True)`'s `weight_ih_l0`,
+zero, or at a state given with the input (`{"input": x, "h_0": ...}`), and
+with `return_state=True` the final state comes back too, as torch's
+`output, h_n` (`output, (h_n, c_n)` for the LSTM). Gates are computed from
+`x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh`, with the weights stacked gate by
+gate in PyTorch's order (LSTM: i, f, g, o; GRU: r, z, n), so
+`torch.nn.LSTM(D, hidden, batch_first=True)`'s `weight_ih_l0`,
 `weight_hh_l0`, `bias_ih_l0` and `bias_hh_l0` are lamina's `W_ih`, `W_hh`,
 `b_ih` and `b_hh` unchanged.
 
@@ -26,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lamina._src.core.builtin import Builtin
-from lamina._src.core.checks import check_count, check_float_input
+from lamina._src.core.checks import check_count, check_float_input, check_input_shape
 from lamina._src.core.errors import BATCH_HINT, layer_error
 from lamina._src.core.fields import Check, Count, Flag
 from lamina._src.core.spec import Param
@@ -53,9 +56,11 @@ class _Recurrent(Builtin):
     _: dataclasses.KW_ONLY
     num_layers: Count = 1
     bidirectional: Flag = False
+    return_state: Flag = False
 
     _gates: ClassVar[int]
     _gate_names: ClassVar[str]
+    _states: ClassVar[tuple[str, ...]]  # torch's names of the initial state, h_0 (and c_0)
     stochastic = False
 
     @property
@@ -75,15 +80,52 @@ class _Recurrent(Builtin):
         return [(f"l{i}" + ("_reverse" if reverse else ""), i, reverse)
                 for i in range(self.num_layers) for reverse in (False, True)[: self._directions]]
 
+    def _state_shape(self) -> tuple[int, int]:
+        """The shape of `h_0`, `h_n` (and `c_0`, `c_n`) for one example, as torch's."""
+        return (self.num_layers * self._directions, self.hidden)
+
+    def check_input_shape(self, input_shape):
+        if not isinstance(input_shape, dict):
+            return super().check_input_shape(input_shape)
+        parts = ("input",) + self._states
+        if "input" not in input_shape or set(input_shape) - set(parts) or (
+                set(self._states) & set(input_shape) not in (set(), set(self._states))):
+            both = " and ".join(map(repr, self._states))
+            raise layer_error(
+                self.name,
+                f"expects an array (T, D) or a dict with 'input' (T, D) and the initial state "
+                f"{both} {self._state_shape()}, as torch's forward arguments; got input shape "
+                f"{input_shape!r}",
+            )
+        return {k: check_input_shape(self.name, v) for k, v in input_shape.items()}
+
     def output_shape(self, input_shape):
-        if len(input_shape) != 2:
-            batch = f"\n{BATCH_HINT}" if len(input_shape) == 3 else ""
+        sequence = input_shape["input"] if isinstance(input_shape, dict) else input_shape
+        if len(sequence) != 2:
+            batch = f"\n{BATCH_HINT}" if len(sequence) == 3 else ""
             raise layer_error(
                 self.name,
                 f"expected input_shape (T, D): one sequence of T steps of D features, "
-                f"got {input_shape}{batch}",
+                f"got {sequence}{batch}",
             )
-        return (input_shape[0], self.hidden * self._directions)
+        for part in self._states:
+            if isinstance(input_shape, dict) and part in input_shape and (
+                    tuple(input_shape[part]) != self._state_shape()):
+                raise layer_error(
+                    self.name,
+                    f"{part} must have shape {self._state_shape()} (num_layers * directions, "
+                    f"hidden) for one example, got {tuple(input_shape[part])}",
+                )
+        out = (sequence[0], self.hidden * self._directions)
+        if not self.return_state:
+            return out
+        return {"output": out, **{p.replace("_0", "_n"): self._state_shape() for p in self._states}}
+
+    def init(self, key, input_shape):
+        shape = self.check_input_shape(input_shape)
+        out = self.output_shape(shape)
+        # The params follow the sequence's shape, whatever else a dict input holds.
+        return out, super().init(key, shape["input"] if isinstance(shape, dict) else shape)[1]
 
     def params_spec(self):
         if self._simple():
@@ -114,7 +156,22 @@ class _Recurrent(Builtin):
         return (f" ({self._gates} gates {self._gate_names}, each of size "
                 f"hidden={self.hidden})")
 
+    def check_params(self, params, state, x):
+        super().check_params(params, state, x["input"] if isinstance(x, dict) else x)
+
     def check_input(self, x, params):
+        if isinstance(x, dict):
+            x = dict(x)
+            self.check_input_shape({k: tuple(jnp.shape(v)) for k, v in x.items()})
+            for part in self._states:
+                if part in x:
+                    x[part] = check_float_input(self.name, x[part])
+            x["input"] = self._check_sequence(x["input"])
+            self.output_shape({k: tuple(v.shape) for k, v in x.items()})
+            return x
+        return self._check_sequence(x)
+
+    def _check_sequence(self, x):
         x = check_float_input(self.name, x)
         if x.ndim != 2:
             hint = (
@@ -128,18 +185,31 @@ class _Recurrent(Builtin):
         return x
 
     def forward(self, params, state, x, *, key, train):
+        given = x if isinstance(x, dict) else {}
+        x = given.get("input", x)
+        finals = []
         for i in range(self.num_layers):
             outs = []
-            for key_, layer, reverse in self._units():
+            for n, (key_, layer, reverse) in enumerate(self._units()):
                 if layer != i:
                     continue
-                unit = params if self._simple() else params[key_]
-                outs.append(self._scan(*self._arrays(unit, x), reverse))
+                unit = self._arrays(params if self._simple() else params[key_], x)
+                # Unit n's state is entry n of torch's h_0: layers, then directions.
+                start = tuple(given[p][n].astype(unit[0].dtype) if p in given else
+                              jnp.zeros((self.hidden,), unit[0].dtype) for p in self._states)
+                ys, final = self._scan(*unit, start, reverse)
+                outs.append(ys)
+                finals.append(final)
             x = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
-        return x, state
+        if not self.return_state:
+            return x, state
+        return {"output": x, **{p.replace("_0", "_n"): jnp.stack([f[j] for f in finals])
+                                for j, p in enumerate(self._states)}}, state
 
-    def _scan(self, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any, reverse: bool) -> Any:
-        """Every step's `h` of one layer and direction (`reverse`: from the last step back)."""
+    def _scan(self, x: Any, W_ih: Any, W_hh: Any, b_ih: Any, b_hh: Any, start: tuple,
+              reverse: bool) -> tuple[Any, tuple]:
+        """Every step's `h` of one layer and direction (`reverse`: from the last step back),
+        and the state after the last step, from the state `start` (`(h,)` or `(h, c)`)."""
         raise NotImplementedError
 
     def _arrays(self, params, x):
@@ -153,7 +223,8 @@ class _Recurrent(Builtin):
         # weight, and the two bias vectors. The element-wise gate math
         # (sigmoids, tanh, products) is a few FLOPs per unit and not counted,
         # as activations are not counted elsewhere.
-        steps, features = step.input.shape
+        sequence = step.input["input"] if isinstance(step.input, dict) else step.input
+        steps, features = sequence.shape
         gh, total = self._gates * self.hidden, 0
         for _, layer, _ in self._units():
             d = features if layer == 0 else self.hidden * self._directions
@@ -171,7 +242,10 @@ class LSTM(_Recurrent):
         c = f * c + i * g
         h = o * tanh(c)
 
-    `h` and `c` start at zero, and the output is every step's `h`.
+    `h` and `c` start at zero, and the output is every step's `h`. With a
+    dict input `{"input": x, "h_0": h0, "c_0": c0}` (torch's `lstm(x, (h0,
+    c0))`, per example: `(num_layers * directions, hidden)` each) they start
+    there. The last step's output is `lm.Take(-1)` after the layer.
 
     Args:
       hidden: size of the hidden state, >= 1.
@@ -180,6 +254,9 @@ class LSTM(_Recurrent):
       bidirectional: also run each layer from the last step back and join
         both directions' `h` on the features (`2 * hidden` of them), as
         torch's `bidirectional=True`.
+      return_state: also return the final state, as a dict `{"output",
+        "h_n", "c_n"}` (torch's `output, (h_n, c_n)`); `lm.Select("output")`
+        takes the sequence.
 
     With more than one layer or direction the params are a dict with one
     entry per layer and direction, `"l0"`, `"l0_reverse"`, `"l1"`, ..., each
@@ -193,8 +270,9 @@ class LSTM(_Recurrent):
     with `jax.vmap` or `lm.forward`.
 
     Raises:
-      TypeError: `hidden` is not an int.
-      ValueError: `hidden < 1`.
+      TypeError: `hidden` is not an int; at apply, a non-float input.
+      ValueError: `hidden < 1`; at init or apply, an input that is not
+        `(T, D)`, or a state of another shape.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -208,8 +286,9 @@ class LSTM(_Recurrent):
 
     _gates = 4
     _gate_names = "i, f, g, o"
+    _states = ("h_0", "c_0")
 
-    def _scan(self, x, W_ih, W_hh, b_ih, b_hh, reverse):
+    def _scan(self, x, W_ih, W_hh, b_ih, b_hh, start, reverse):
         # Both biases add linearly to every gate, so they join the projection.
         xz = _plus(_times_transposed(x, W_ih), b_ih + b_hh)
 
@@ -220,8 +299,8 @@ class LSTM(_Recurrent):
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
             return (h, c), h
 
-        zero = jnp.zeros((self.hidden,), xz.dtype)
-        return lax.scan(step, (zero, zero), xz, reverse=reverse)[1]
+        final, ys = lax.scan(step, start, xz, reverse=reverse)
+        return ys, final
 
 
 class GRU(_Recurrent):
@@ -235,7 +314,10 @@ class GRU(_Recurrent):
         n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn))
         h = (1 - z) * n + z * h
 
-    `h` starts at zero, and the output is every step's `h`.
+    `h` starts at zero, and the output is every step's `h`. With a dict
+    input `{"input": x, "h_0": h0}` (torch's `gru(x, h0)`, per example:
+    `(num_layers * directions, hidden)`) it starts there. The last step's
+    output is `lm.Take(-1)` after the layer.
 
     Args:
       hidden: size of the hidden state, >= 1.
@@ -244,6 +326,9 @@ class GRU(_Recurrent):
       bidirectional: also run each layer from the last step back and join
         both directions' `h` on the features (`2 * hidden` of them), as
         torch's `bidirectional=True`.
+      return_state: also return the final state, as a dict `{"output",
+        "h_n"}` (torch's `output, h_n`); `lm.Select("output")` takes the
+        sequence.
 
     With more than one layer or direction the params are a dict with one
     entry per layer and direction, `"l0"`, `"l0_reverse"`, `"l1"`, ..., each
@@ -257,8 +342,9 @@ class GRU(_Recurrent):
     with `jax.vmap` or `lm.forward`.
 
     Raises:
-      TypeError: `hidden` is not an int.
-      ValueError: `hidden < 1`.
+      TypeError: `hidden` is not an int; at apply, a non-float input.
+      ValueError: `hidden < 1`; at init or apply, an input that is not
+        `(T, D)`, or a state of another shape.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -272,8 +358,9 @@ class GRU(_Recurrent):
 
     _gates = 3
     _gate_names = "r, z, n"
+    _states = ("h_0",)
 
-    def _scan(self, x, W_ih, W_hh, b_ih, b_hh, reverse):
+    def _scan(self, x, W_ih, W_hh, b_ih, b_hh, start, reverse):
         H = self.hidden
         # b_hr and b_hz add linearly, so they join the projection; b_hn sits
         # inside r * (W_hn h + b_hn) and has to stay in the loop.
@@ -289,4 +376,5 @@ class GRU(_Recurrent):
             h = (1 - z) * n + z * h
             return h, h
 
-        return lax.scan(step, jnp.zeros((H,), xz.dtype), xz, reverse=reverse)[1]
+        final, ys = lax.scan(step, start[0], xz, reverse=reverse)
+        return ys, (final,)
