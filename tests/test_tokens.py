@@ -118,6 +118,15 @@ def test_key_map_as_a_function_drops_the_keys_it_maps_to_none():
     assert list(back) == ["0.weight", "0.bias"]
 
 
+def test_a_layout_that_does_not_fit_is_refused_not_applied():
+    _, params = lm.Dense(2).init(jax.random.key(0), (3,))
+    with pytest.raises(ValueError, match=r"key_map gives torch 'weight' the layout 'unsqueeze', "
+                                         r"but its lamina tensor has shape \(2, 3\), without a "
+                                         r"leading axis of one"):
+        lm.to_torch(params, like=["weight", "bias"], model=lm.Dense(2),
+                    key_map=[("weight", "weight", "unsqueeze")])
+
+
 @pytest.mark.parametrize("key_map, error, message", [
     ([("0", "x"), ("2", "x")], ValueError, r"key_map maps both '0.weight' and '2.weight' to "
                                             r"'x.weight'"),

@@ -241,7 +241,7 @@ def to_torch(
                 )
             values[torch_key] = value
     new_key = {old: new for new, (old, _) in keys.items()}
-    return {k: to_torch_layout(values[new_key[k]], keys[new_key[k]].layout)
+    return {k: to_torch_layout(values[new_key[k]], keys[new_key[k]].layout, k, where)
             for k in like if k in new_key}
 
 

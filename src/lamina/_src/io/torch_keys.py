@@ -97,11 +97,15 @@ def to_lamina_layout(value: Any, layout: Optional[str]) -> Any:
     return value
 
 
-def to_torch_layout(value: Any, layout: Optional[str]) -> Any:
-    """The inverse of `to_lamina_layout`."""
+def to_torch_layout(value: Any, layout: Optional[str], key: str, where: str) -> Any:
+    """The inverse of `to_lamina_layout`, for torch's `key`."""
     if layout == "transpose":
         return np.ascontiguousarray(np.swapaxes(value, -1, -2)) if np.ndim(value) >= 2 else value
     if layout == "unsqueeze":
+        if np.ndim(value) == 0 or np.shape(value)[0] != 1:
+            raise layer_error(
+                where, f"key_map gives torch {key!r} the layout 'unsqueeze', but its lamina "
+                       f"tensor has shape {np.shape(value)}, without a leading axis of one")
         return value[0]
     return value
 
