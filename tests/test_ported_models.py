@@ -375,3 +375,55 @@ def test_gpt2_equals_hugging_faces_with_its_head_tied_and_rebuilds_from_a_file(t
     rows = lm.summary(model, (10,), input_dtype=np.int32, show=False).rows
     assert (rows[0].path, rows[0].params) == ("tied[0]", 50 * 32)
     assert (rows[-1].path, rows[-1].params) == ("tied[head]", 0)  # counted at the embedding
+
+
+class _Seq2Seq(nn.Module):
+    """An LSTM encoder-decoder: the encoder's final state starts the decoder."""
+
+    def __init__(self, vocab, dim, hidden, layers):
+        super().__init__()
+        self.src_embed = nn.Embedding(vocab, dim)
+        self.encoder = nn.LSTM(dim, hidden, layers, batch_first=True)
+        self.tgt_embed = nn.Embedding(vocab, dim)
+        self.decoder = nn.LSTM(dim, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, src, tgt):
+        _, state = self.encoder(self.src_embed(src))
+        return self.head(self.decoder(self.tgt_embed(tgt), state)[0])
+
+
+def seq2seq(vocab, dim, hidden, layers):
+    """`(source ids, target ids)` in, next-token logits out; lamina's layers only."""
+    encoder = lm.serial(lm.Select(0), lm.Embedding(vocab, dim),
+                        lm.LSTM(hidden, num_layers=layers, return_state=True),
+                        lm.parallel(lm.Select("h_n"), lm.Select("c_n")))
+    target = lm.serial(lm.Select(1), lm.Embedding(vocab, dim))
+    return lm.serial(
+        lm.parallel(encoder, target),         # ((h_n, c_n), target vectors)
+        lm.parallel(lm.Select(1), lm.Select(0)),  # torch's decoder(input, hx)
+        lm.LSTM(hidden, num_layers=layers), lm.Dense(vocab),
+    )
+
+
+def test_seq2seq_equals_torchs_and_rebuilds_from_a_file(tmp_path):
+    torch.manual_seed(3)
+    net = _Seq2Seq(vocab=20, dim=8, hidden=16, layers=2).eval()
+    model = seq2seq(vocab=20, dim=8, hidden=16, layers=2)
+    shapes = ((7,), (5,))
+    params = lm.from_torch(net.state_dict(), like=(model, shapes))
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 20, (4, 7)).astype(np.int32)
+    tgt = rng.integers(0, 20, (4, 5)).astype(np.int32)
+    with torch.no_grad():
+        want = net(torch.as_tensor(src, dtype=torch.long), torch.as_tensor(tgt, dtype=torch.long))
+    got = lm.forward(model)(params, (src, tgt))
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-5, rtol=1e-5)
+    back = lm.to_torch(params, like=net.state_dict(), model=model)
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+    lm.save(tmp_path / "seq2seq.safetensors", params, model=model)
+    rebuilt, loaded = lm.load_model(tmp_path / "seq2seq.safetensors")
+    assert rebuilt == model
+    np.testing.assert_array_equal(np.asarray(lm.forward(rebuilt)(loaded, (src, tgt))),
+                                  np.asarray(got))

@@ -314,6 +314,20 @@ def test_a_state_given_and_returned_passes_check_layer_and_chains():
     np.testing.assert_allclose(second["h_n"], whole["h_n"], rtol=1e-6, atol=1e-6)
 
 
+def test_torchs_positional_form_is_the_dict_form():
+    layer = lm.LSTM(3, num_layers=2)
+    _, params = layer.init(jax.random.key(0), ((4, 2), ((2, 3), (2, 3))))
+    rng = np.random.default_rng(1)
+    x, h, c = (rng.standard_normal(s).astype(np.float32) for s in ((4, 2), (2, 3), (2, 3)))
+    np.testing.assert_array_equal(layer.apply(params, (x, (h, c))),
+                                  layer.apply(params, {"input": x, "h_0": h, "c_0": c}))
+    with pytest.raises(ValueError, match=r"LSTM\(3\): a tuple input must be torch's "
+                                         r"\(input, \(h_0, c_0\)\), got \(\(4, 2\), \(2, 3\)\)"):
+        layer.apply(params, (x, h))
+    with pytest.raises(ValueError, match=r"GRU\(3\): a tuple input must be torch's \(input, h_0\)"):
+        lm.GRU(3).init(jax.random.key(0), ((4, 2), ((1, 3), (1, 3))))
+
+
 def test_state_input_errors():
     with pytest.raises(ValueError, match=r"LSTM\(4\): expects an array \(T, D\) or a dict with "
                                          r"'input' \(T, D\) and the initial state 'h_0' and "

@@ -34,6 +34,7 @@ from lamina._src.core.errors import BATCH_HINT, layer_error
 from lamina._src.core.fields import Check, Count, Flag
 from lamina._src.core.spec import Param
 from lamina._src.layers import initializers
+from lamina._src.layers.reshape import is_several
 
 Hidden = Annotated[int, Check(check_count, " (the size of the hidden state)")]
 """The size of a recurrent layer's hidden state, >= 1."""
@@ -84,7 +85,30 @@ class _Recurrent(Builtin):
         """The shape of `h_0`, `h_n` (and `c_0`, `c_n`) for one example, as torch's."""
         return (self.num_layers * self._directions, self.hidden)
 
+    def _as_dict(self, value: Any, shapes: bool) -> Any:
+        """torch's positional form `(input, hx)` (`hx = (h_0, c_0)` for the LSTM) as a dict.
+
+        Of shapes (`shapes=True`), a tuple of ints is one sequence's shape,
+        not that form.
+        """
+        if not isinstance(value, tuple) or (shapes and not is_several(value)):
+            return value
+
+        def one(part):  # one shape, or one array
+            return isinstance(part, tuple) and not is_several(part) if shapes else (
+                not isinstance(part, (tuple, list, dict)))
+
+        hx = value[1] if len(value) == 2 and one(value[0]) else None
+        states = (hx,) if len(self._states) == 1 else hx
+        if not (isinstance(states, tuple) and len(states) == len(self._states)
+                and all(one(s) for s in states)):
+            form = "(input, (h_0, c_0))" if len(self._states) == 2 else "(input, h_0)"
+            got = value if shapes else jax.tree.map(jnp.shape, value)
+            raise layer_error(self.name, f"a tuple input must be torch's {form}, got {got}")
+        return {"input": value[0], **dict(zip(self._states, states))}
+
     def check_input_shape(self, input_shape):
+        input_shape = self._as_dict(input_shape, shapes=True)
         if not isinstance(input_shape, dict):
             return super().check_input_shape(input_shape)
         parts = ("input",) + self._states
@@ -100,6 +124,7 @@ class _Recurrent(Builtin):
         return {k: check_input_shape(self.name, v) for k, v in input_shape.items()}
 
     def output_shape(self, input_shape):
+        input_shape = self._as_dict(input_shape, shapes=True)
         sequence = input_shape["input"] if isinstance(input_shape, dict) else input_shape
         if len(sequence) != 2:
             batch = f"\n{BATCH_HINT}" if len(sequence) == 3 else ""
@@ -160,6 +185,7 @@ class _Recurrent(Builtin):
         super().check_params(params, state, x["input"] if isinstance(x, dict) else x)
 
     def check_input(self, x, params):
+        x = self._as_dict(x, shapes=False)
         if isinstance(x, dict):
             x = dict(x)
             self.check_input_shape({k: tuple(jnp.shape(v)) for k, v in x.items()})
@@ -223,7 +249,8 @@ class _Recurrent(Builtin):
         # weight, and the two bias vectors. The element-wise gate math
         # (sigmoids, tanh, products) is a few FLOPs per unit and not counted,
         # as activations are not counted elsewhere.
-        sequence = step.input["input"] if isinstance(step.input, dict) else step.input
+        given = self._as_dict(step.input, shapes=False)
+        sequence = given["input"] if isinstance(given, dict) else given
         steps, features = sequence.shape
         gh, total = self._gates * self.hidden, 0
         for _, layer, _ in self._units():
@@ -243,9 +270,9 @@ class LSTM(_Recurrent):
         h = o * tanh(c)
 
     `h` and `c` start at zero, and the output is every step's `h`. With a
-    dict input `{"input": x, "h_0": h0, "c_0": c0}` (torch's `lstm(x, (h0,
-    c0))`, per example: `(num_layers * directions, hidden)` each) they start
-    there. The last step's output is `lm.Take(-1)` after the layer.
+    dict input `{"input": x, "h_0": h0, "c_0": c0}`, or torch's positional
+    form `(x, (h0, c0))` (per example: `(num_layers * directions, hidden)`
+    each), they start there. The last step's output is `lm.Take(-1)` after the layer.
 
     Args:
       hidden: size of the hidden state, >= 1.
@@ -315,8 +342,8 @@ class GRU(_Recurrent):
         h = (1 - z) * n + z * h
 
     `h` starts at zero, and the output is every step's `h`. With a dict
-    input `{"input": x, "h_0": h0}` (torch's `gru(x, h0)`, per example:
-    `(num_layers * directions, hidden)`) it starts there. The last step's
+    input `{"input": x, "h_0": h0}`, or torch's positional form `(x, h0)`
+    (per example: `(num_layers * directions, hidden)`), it starts there. The last step's
     output is `lm.Take(-1)` after the layer.
 
     Args:
