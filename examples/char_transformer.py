@@ -9,11 +9,12 @@ order, are cut into the first 90% for training and the last 10% for a
 held-out loss.
 
 The model reads a window of T characters and predicts, at every position,
-the character that follows: an `lm.Embedding`, learned positions, two causal
-`lm.TransformerEncoderLayer`s, a final `lm.LayerNorm` and an `lm.Dense` to
-the vocabulary. Adam trains it on random windows with `lm.train_step`. At
-the end it prints the mean train loss of the first and last steps, the
-held-out loss, and text sampled from a short prompt.
+the character that follows: an `lm.Embedding`, learned positions
+(`lm.PositionEmbedding`), two causal `lm.TransformerEncoderLayer`s, a final
+`lm.LayerNorm` and an `lm.Dense` to the vocabulary. Adam trains it on random
+windows with `lm.train_step`. At the end it prints the mean train loss of the
+first and last steps, the held-out loss, and text sampled from a short
+prompt, one character at a time with a key-value cache (`lm.decode_step`).
 
     python examples/char_transformer.py [--steps 600] [--quick] [--no-progress]
 """
@@ -38,33 +39,12 @@ def load_text():
     return "\n\n".join(topics[name] for name in sorted(topics))
 
 
-def Positions():
-    """Adds a learned vector per position: params `{"P": (T, D)}`, `x + P`.
-
-    Attention alone ignores order; this tells each position where it is.
-    """
-
-    def init(key, input_shape):
-        # Standard normal, as lm.Embedding draws the characters' vectors, so
-        # that neither drowns the other at the start.
-        return input_shape, {"P": jax.random.normal(key, input_shape)}
-
-    def apply(params, x, *, key=None):
-        if x.shape != params["P"].shape:
-            raise ValueError(
-                f"Positions: expected one window of shape {params['P'].shape} (T, D), "
-                f"got x with shape {x.shape}"
-            )
-        return x + params["P"]
-
-    return lm.Layer(init, apply, "Positions")
-
-
-def build(vocab_size, features, num_heads, num_layers=2):
+def build(vocab_size, features, num_heads, window, num_layers=2):
     blocks = [lm.TransformerEncoderLayer(num_heads, 4 * features, causal=True)
               for _ in range(num_layers)]
-    return lm.serial(lm.Embedding(vocab_size, features), Positions(), *blocks,
-                     lm.LayerNorm(), lm.Dense(vocab_size))
+    # Learned positions: attention alone ignores order.
+    return lm.serial(lm.Embedding(vocab_size, features), lm.PositionEmbedding(max_length=window),
+                     *blocks, lm.LayerNorm(), lm.Dense(vocab_size))
 
 
 def windows(ids, starts, length):
@@ -83,27 +63,33 @@ def held_out(model, loss_fn, params, xs, ys):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _next_id(model, params, window, position, temperature, key):
-    logits = lm.forward(model)(params, window[None])[0, position]
+def _next_id(model, params, cache, last, temperature, key):
+    """The character after `last`, drawn from the model's logits; the cache grows by one."""
+    logits, cache = lm.decode_step(model, params, cache, last)
     drawn = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6))
-    return jnp.where(temperature > 0, drawn, jnp.argmax(logits))
+    return jnp.where(temperature > 0, drawn, jnp.argmax(logits)), cache
 
 
 def sample(model, params, prompt, encode, vocab, *, length, window, temperature, key):
     """`prompt` and `length` characters drawn one at a time from the model.
 
-    Each step re-runs the model on the last `window` characters, padded on
-    the right to the trained length so one compiled program serves every
-    step; causality makes the padding invisible to the position read.
-    `temperature` 0 takes the likeliest character (greedy).
+    A key-value cache keeps every position's keys and values, so each new
+    character costs one position, not a rerun of the window. The learned
+    positions end at `window`: when the cache is full, a new one starts from
+    the last half of the text so far. `temperature` 0 takes the likeliest
+    character (greedy).
     """
     ids = list(encode(prompt))
+    cache = None
     for _ in range(length):
-        context = ids[-window:]
-        padded = np.zeros(window, np.int32)
-        padded[: len(context)] = context
+        if cache is None or int(cache["position"]) == window:
+            context = ids[-window // 2:] if cache is not None else ids[-window:]
+            cache = lm.init_cache(model, params, window)
+            for i in context[:-1]:  # the context's keys and values, its draws unused
+                _, cache = _next_id(model, params, cache, jnp.int32(i), 0.0, key)
         key, draw_key = jax.random.split(key)
-        ids.append(int(_next_id(model, params, padded, len(context) - 1, temperature, draw_key)))
+        next_id, cache = _next_id(model, params, cache, jnp.int32(ids[-1]), temperature, draw_key)
+        ids.append(int(next_id))
     return "".join(vocab[i] for i in ids)
 
 
@@ -145,7 +131,7 @@ def main(argv=None):
           f"{len(vocab)}; {len(train_ids):,} for training, {len(held_ids):,} held out")
 
     T = args.window
-    model = build(len(vocab), args.features, args.heads)
+    model = build(len(vocab), args.features, args.heads, T)
     init_key, sample_key = jax.random.split(jax.random.key(args.seed))
     # Run eagerly, each of init's random draws would compile on its own;
     # under one jit they compile together, seconds sooner.

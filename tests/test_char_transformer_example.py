@@ -4,6 +4,7 @@ import contextlib
 import io
 import math
 
+import jax
 import numpy as np
 import pytest
 from example_runner import load
@@ -72,3 +73,18 @@ def test_logits_at_t_ignore_the_characters_after_t(quick, t):
     np.testing.assert_allclose(a[: t + 1], b[: t + 1], rtol=0, atol=1e-6)
     # Not vacuous: the positions that do see the change move.
     assert np.abs(a[t + 1 :] - b[t + 1 :]).max() > 1e-3
+
+
+def test_greedy_sampling_with_the_cache_equals_rerunning_the_model(quick):
+    module, result, _ = quick
+    model, params, vocab = result["model"], result["params"], result["vocab"]
+    prompt, n = "The ", 12   # within one window, so both see the same positions
+    ids = [vocab.index(c) for c in prompt]
+    fwd = lm.forward(model)
+    for _ in range(n):  # the reference: the whole text so far through the model, every step
+        logits = np.asarray(fwd(params, np.array([ids], np.int32)))[0, -1]
+        ids.append(int(np.argmax(logits)))
+    got = module.sample(model, params, prompt, lambda s: np.array([vocab.index(c) for c in s]),
+                        vocab, length=n, window=result["window"], temperature=0.0,
+                        key=jax.random.key(0))
+    assert got == "".join(vocab[i] for i in ids)

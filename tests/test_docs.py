@@ -35,7 +35,7 @@ PRINTS = {
     "how-to/deep-models.md": ["(16, 1024, 256)"],
     "how-to/real-models.md": ["(16, 16, 16) (4, 16, 16, 16)", "(4, 16, 16)", "(2, 1, 16, 16)",
                               "(4, 5, 8)", "(10,) (17, 32)",
-                              "(12, 50257) (50257, 64)", "(2, 5, 20)"],
+                              "(12, 50257) (50257, 64)", "6 True", "(2, 5, 20)"],
     "how-to/testing-layers.md": ["PyFloat fails check_layer's 'retrace' check"],
 }
 

@@ -346,6 +346,13 @@ def test_gpt2_equals_hugging_faces_with_its_head_tied_and_rebuilds_from_a_file(t
     assert got.shape == (3, 10, 50)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
+    # Decoding one token at a time with the key-value cache gives torch's logits.
+    step = jax.jit(lambda c, i: lm.decode_step(model, params, c, i))
+    cache = lm.init_cache(model, params, max_length=16)
+    for t in range(10):
+        logits, cache = step(cache, ids[0, t])
+        np.testing.assert_allclose(np.asarray(logits), want[0, t], atol=1e-5, rtol=1e-5)
+
     # The tied table's gradient sums the embedding's use and the head's.
     target = torch.as_tensor(ids[0, 1:], dtype=torch.long)
     logits = net(torch.as_tensor(ids[:1], dtype=torch.long))[0, :-1]

@@ -7,6 +7,7 @@ from lamina._src.core.layer import Layer, Params, Shape
 from lamina._src.core.params import check_params, param_labels, param_shapes
 from lamina._src.core.record import TraceStep
 from lamina._src.core.state import has_state, init_state
+from lamina._src.inference.decode import decode_step, init_cache
 from lamina._src.inspection.summary import Summary, SummaryRow, summary
 from lamina._src.inspection.trace import trace
 from lamina._src.inspection.visualize import visualize
@@ -69,6 +70,7 @@ __all__ = [
     "Conv",
     "ConvTranspose",
     "Dense",
+    "decode_step",
     "dense",
     "Dropout",
     "Embedding",
@@ -83,6 +85,7 @@ __all__ = [
     "GRU",
     "has_state",
     "Identity",
+    "init_cache",
     "init_state",
     "initializers",
     "LaminaError",

@@ -51,7 +51,7 @@ _INPUTS = ("src", "src_mask", "src_key_padding_mask")
 # torch's module name -> where that module's params sit in the block's params
 # tree, for norm_first True and False (see _encoder_block), in torch's
 # state-dict order.
-_TORCH_PLACES = {
+_TORCH_PLACES: dict[bool, dict[str, tuple[int, ...]]] = {
     True: {"self_attn": (0, 0, 1), "linear1": (1, 0, 1), "linear2": (1, 0, 2),
            "norm1": (0, 0, 0), "norm2": (1, 0, 0)},
     False: {"self_attn": (0, 0), "linear1": (2, 0, 0), "linear2": (2, 0, 1),
