@@ -108,10 +108,9 @@ def decode_step(model: Layer, params: Any, cache: dict[str, Any], x: Any) -> tup
       >>> bool(jnp.allclose(logits, full[2], atol=1e-5)), int(cache["position"])
       (True, 3)
 
-      For a batch, vmap over copies of the cache:
+      For a batch of N, vmap over copies of the cache:
       `caches = jax.tree.map(lambda a: jnp.broadcast_to(a, (N,) + a.shape), cache)`,
-      then `jax.vmap(lm.decode_step, in_axes=(None, None, 0, 0))(model, params, caches, ids)`
-      with `model` closed over (it is not an array).
+      then `jax.vmap(lambda c, t: lm.decode_step(model, params, c, t))(caches, tokens)`.
     """
     position, limit = cache["position"], cache["max_length"]
     if not isinstance(position, jax.core.Tracer) and not isinstance(limit, jax.core.Tracer) and (
