@@ -75,6 +75,7 @@ PUBLIC = [
     "Tanh",
     "testing",
     "tied",
+    "Timesteps",
     "to_torch",
     "trace",
     "TraceStep",

@@ -7,6 +7,7 @@ keys. Each port loads the reference's weights with `lm.from_torch`, matches
 its outputs, and survives `lm.save(model=)` / `lm.load_model`.
 """
 
+import math
 from collections import OrderedDict
 
 import jax
@@ -19,6 +20,19 @@ from torch import nn
 import lamina as lm
 
 pytestmark = pytest.mark.slow
+
+
+def _round_trips(model, params, net, tmp_path, inputs, got, key_map=None):
+    """to_torch gives torch's state dict back; the model and params rebuild from a file."""
+    back = lm.to_torch(params, like=net.state_dict(), model=model, key_map=key_map)
+    assert list(back) == list(net.state_dict())
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+    lm.save(tmp_path / "model.safetensors", params, model=model)
+    rebuilt, loaded = lm.load_model(tmp_path / "model.safetensors")
+    assert rebuilt == model
+    np.testing.assert_array_equal(np.asarray(lm.forward(rebuilt)(loaded, inputs)),
+                                  np.asarray(got))
 
 
 class _BasicBlock(nn.Module):
@@ -219,15 +233,7 @@ def test_vit_equals_torchvisions_and_rebuilds_from_a_file(tmp_path):
     grad = jax.grad(lambda x: model.apply(params, x)[3])(xs[0])
     np.testing.assert_allclose(np.asarray(grad), x.grad[0].numpy(), atol=1e-4, rtol=1e-4)
 
-    back = lm.to_torch(params, like=net.state_dict(), model=model, key_map=VIT_KEYS)
-    assert list(back) == list(net.state_dict())
-    for key, value in net.state_dict().items():
-        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
-
-    lm.save(tmp_path / "vit.safetensors", params, model=model)
-    rebuilt, loaded = lm.load_model(tmp_path / "vit.safetensors")
-    assert rebuilt == model
-    np.testing.assert_array_equal(np.asarray(lm.forward(rebuilt)(loaded, xs)), np.asarray(got))
+    _round_trips(model, params, net, tmp_path, xs, got, key_map=VIT_KEYS)
 
 
 class _Conv1D(nn.Module):
@@ -426,11 +432,139 @@ def test_seq2seq_equals_torchs_and_rebuilds_from_a_file(tmp_path):
         want = net(torch.as_tensor(src, dtype=torch.long), torch.as_tensor(tgt, dtype=torch.long))
     got = lm.forward(model)(params, (src, tgt))
     np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-5, rtol=1e-5)
-    back = lm.to_torch(params, like=net.state_dict(), model=model)
-    for key, value in net.state_dict().items():
-        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
-    lm.save(tmp_path / "seq2seq.safetensors", params, model=model)
-    rebuilt, loaded = lm.load_model(tmp_path / "seq2seq.safetensors")
-    assert rebuilt == model
-    np.testing.assert_array_equal(np.asarray(lm.forward(rebuilt)(loaded, (src, tgt))),
-                                  np.asarray(got))
+    _round_trips(model, params, net, tmp_path, (src, tgt), got)
+
+
+def _timestep_embedding(t, dim):
+    """diffusers' get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    angles = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class _ResnetBlock(nn.Module):
+    """diffusers' ResnetBlock2D (no dropout): the timestep's vector shifts each channel."""
+
+    def __init__(self, cin, cout, temb, groups):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.time_emb_proj = nn.Linear(temb, cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x, temb):
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(nn.functional.silu(temb))[:, :, None, None]
+        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+
+
+class _AttnBlock(nn.Module):
+    """Self-attention over the pixels, residual, after a group norm."""
+
+    def __init__(self, channels, heads, groups):
+        super().__init__()
+        self.group_norm = nn.GroupNorm(groups, channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x):
+        n, c, hh, ww = x.shape
+        h = self.group_norm(x).reshape(n, c, hh * ww).transpose(1, 2)
+        h = self.attn(h, h, h, need_weights=False)[0]
+        return x + h.transpose(1, 2).reshape(n, c, hh, ww)
+
+
+class _UNet(nn.Module):
+    """A DDPM U-Net in diffusers' parts: one level down, a middle with attention, one up."""
+
+    def __init__(self, c, groups, heads):
+        super().__init__()
+        self.c = c
+        self.conv_in = nn.Conv2d(1, c, 3, padding=1)
+        self.time_embedding = nn.Sequential(nn.Linear(c, 4 * c), nn.SiLU(), nn.Linear(4 * c, 4 * c))
+        self.down = _ResnetBlock(c, c, 4 * c, groups)
+        self.downsample = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.mid1 = _ResnetBlock(c, 2 * c, 4 * c, groups)
+        self.mid_attn = _AttnBlock(2 * c, heads, groups)
+        self.mid2 = _ResnetBlock(2 * c, 2 * c, 4 * c, groups)
+        self.upsample_conv = nn.Conv2d(2 * c, 2 * c, 3, padding=1)
+        self.up = _ResnetBlock(3 * c, c, 4 * c, groups)
+        self.conv_norm_out = nn.GroupNorm(groups, c)
+        self.conv_out = nn.Conv2d(c, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        temb = self.time_embedding(_timestep_embedding(t, self.c))
+        skip = self.down(self.conv_in(x), temb)
+        h = self.mid2(self.mid_attn(self.mid1(self.downsample(skip), temb)), temb)
+        h = self.upsample_conv(nn.functional.interpolate(h, scale_factor=2, mode="nearest"))
+        h = self.up(torch.cat([h, skip], dim=1), temb)
+        return self.conv_out(nn.functional.silu(self.conv_norm_out(h)))
+
+
+def unet(c, groups, heads, size):
+    """The same U-Net from lamina's layers; `(image, timestep)` flows as a tuple `(h, temb)`."""
+
+    def carry(block):  # (h, temb) -> (block((h, temb)), temb)
+        return lm.parallel(block, lm.Select(1))
+
+    def on_h(layer):  # (h, temb) -> (layer(h), temb)
+        return lm.parallel(lm.serial(lm.Select(0), layer), lm.Select(1))
+
+    def res(cout, cin):
+        main = lm.serial(
+            lm.parallel(lm.serial(lm.Select(0), lm.GroupNorm(groups), lm.Activation("silu"),
+                                  lm.Conv(cout, 3, padding=1)),
+                        lm.serial(lm.Select(1), lm.Activation("silu"), lm.Dense(cout),
+                                  lm.Reshape((cout, 1, 1)))),
+            lm.Add(), lm.GroupNorm(groups), lm.Activation("silu"), lm.Conv(cout, 3, padding=1))
+        shortcut = lm.Select(0) if cin == cout else lm.serial(lm.Select(0), lm.Conv(cout, 1))
+        return lm.serial(lm.parallel(main, shortcut), lm.Add())
+
+    half = size // 2
+    attn = lm.residual(lm.serial(
+        lm.GroupNorm(groups), lm.Reshape((2 * c, -1)), lm.Permute((1, 0)),
+        lm.MultiHeadAttention(heads), lm.Permute((1, 0)), lm.Reshape((2 * c, half, half))))
+    stem = lm.parallel(
+        lm.serial(lm.Select(0), lm.Conv(c, 3, padding=1)),
+        lm.serial(lm.Select(1), lm.Timesteps(c, flip_sin_to_cos=True, downscale_freq_shift=0),
+                  lm.Dense(4 * c, act="silu"), lm.Dense(4 * c)))
+    inner = lm.serial(
+        on_h(lm.Conv(c, 3, stride=2, padding=1)),
+        carry(res(2 * c, c)), on_h(attn), carry(res(2 * c, 2 * c)),
+        on_h(lm.serial(lm.Upsample(2), lm.Conv(2 * c, 3, padding=1))))
+    join = lm.parallel(  # ((h, temb), (skip, temb)) -> (concat(h, skip), temb)
+        lm.serial(lm.parallel(lm.serial(lm.Select(0), lm.Select(0)),
+                              lm.serial(lm.Select(1), lm.Select(0))), lm.Concat(axis=0)),
+        lm.serial(lm.Select(0), lm.Select(1)))
+    return lm.serial(
+        stem, carry(res(c, c)), lm.parallel(inner, lm.Identity()), join, carry(res(c, 3 * c)),
+        lm.Select(0), lm.GroupNorm(groups), lm.Activation("silu"), lm.Conv(1, 3, padding=1))
+
+
+def test_ddpm_unet_equals_torchs_and_rebuilds_from_a_file(tmp_path):
+    torch.manual_seed(4)
+    net = _UNet(c=16, groups=4, heads=2).eval()
+    with torch.no_grad():  # GroupNorm's ones and zeros would not test the mapping
+        for module in net.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    model = unet(c=16, groups=4, heads=2, size=8)
+    shapes = ((1, 8, 8), ())
+    params = lm.from_torch(net.state_dict(), like=(model, shapes))
+    assert lm.summary(model, shapes, show=False).params == sum(p.numel() for p in net.parameters())
+    rng = np.random.default_rng(4)
+    xs = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+    ts = np.array([0, 17, 999], np.int32)
+    with torch.no_grad():
+        want = net(torch.as_tensor(xs), torch.as_tensor(ts)).numpy()
+    got = lm.forward(model)(params, (xs, ts))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+    x = torch.as_tensor(xs[:1]).requires_grad_()
+    net(x, torch.as_tensor(ts[:1]))[0, 0, 3, 4].backward()
+    grad = jax.grad(lambda a: model.apply(params, (a, ts[0]))[0, 3, 4])(xs[0])
+    np.testing.assert_allclose(np.asarray(grad), x.grad[0].numpy(), atol=1e-4, rtol=1e-4)
+    _round_trips(model, params, net, tmp_path, (xs, ts), got)

@@ -65,7 +65,7 @@ def _inputs(ex, n=3, seed=1):
     shape = ex.input_shape
     if isinstance(shape, dict):
         return {k: one(s) for k, s in shape.items()}
-    return tuple(one(s) for s in shape) if isinstance(shape[0], tuple) else one(shape)
+    return tuple(one(s) for s in shape) if shape and isinstance(shape[0], tuple) else one(shape)
 
 
 FIRST = [case for case in CASES if case[1] == 0]
@@ -289,7 +289,7 @@ def _learned(layer, shape):
 # lamina's own composition, tested against torch in their own files.
 NO_TWIN = {
     "Activation", "AdaptiveAvgPool", "Add", "AvgPool", "Concat", "Dropout", "Flatten",
-    "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape", "Select", "Take",
+    "GlobalAvgPool", "Identity", "MaxPool", "Multiply", "Permute", "Reshape", "Select", "Take", "Timesteps",
     "Upsample",  # no weights (each against torch in its own test file)
     "parallel", "residual", "stack",  # composition: test_combinators.py, test_stack.py
     "TransformerDecoderLayer",  # a dict input: tests/test_decoder.py

@@ -40,6 +40,7 @@ from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Sele
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
 from lamina._src.layers.tied import tied
+from lamina._src.layers.timesteps import Timesteps
 from lamina._src.layers.tokens import ClassToken, PositionEmbedding
 from lamina._src.train.fit import fit
 from lamina._src.train.sharding import shard_batch, shard_params
@@ -129,6 +130,7 @@ __all__ = [
     "Tanh",
     "testing",
     "tied",
+    "Timesteps",
     "to_torch",
     "trace",
     "TraceStep",

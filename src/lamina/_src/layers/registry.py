@@ -33,6 +33,7 @@ from lamina._src.layers.reshape import Flatten, Identity, Permute, Reshape, Sele
 from lamina._src.layers.resize import Upsample
 from lamina._src.layers.stack import remat, stack
 from lamina._src.layers.tied import tied
+from lamina._src.layers.timesteps import Timesteps
 from lamina._src.layers.tokens import ClassToken, PositionEmbedding
 
 
@@ -49,7 +50,8 @@ LAYERS: dict[str, type[Builtin]] = {cls.__name__: cls for cls in (
     Activation, AdaptiveAvgPool, Add, AvgPool, BatchNorm, ClassToken, Concat, Conv,
     ConvTranspose, Dense, Dropout, Embedding, Flatten, GlobalAvgPool, GroupNorm, GRU, Identity,
     LayerNorm, LSTM, MaxPool, MultiHeadAttention, Multiply, parallel, Permute, PositionEmbedding,
-    remat, Reshape, residual, RMSNorm, Select, serial, stack, Take, tied, TransformerDecoderLayer,
+    remat, Reshape, residual, RMSNorm, Select, serial, stack, Take, tied, Timesteps,
+    TransformerDecoderLayer,
     TransformerEncoderLayer, Upsample, with_dtype,
 )}
 """Public name -> class, for every layer lamina can rebuild from a file."""
@@ -106,6 +108,8 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
     "tied": (Example(tied(Embedding(12, 8), TransformerEncoderLayer(2, 16, causal=True)), (5,),
                      jnp.int32, 12),
              Example(tied(Embedding(6, 4)), (3,), jnp.int32, 6)),
+    "Timesteps": (Example(Timesteps(8), ()),
+                  Example(Timesteps(5, flip_sin_to_cos=True, downscale_freq_shift=0), (3,))),
     "TransformerDecoderLayer": (
         Example(TransformerDecoderLayer(2, 16, causal=True), {"tgt": (3, 8), "memory": (4, 8)}),
         Example(TransformerDecoderLayer(2, 8, act="gelu", norm_first=False),
