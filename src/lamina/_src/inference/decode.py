@@ -199,7 +199,7 @@ def _step(layer: Layer, params: Any, cache: Any, x: Any, pos: Any) -> tuple[Any,
         return _encoder(layer, params, cache, x, pos)
     if isinstance(layer, PositionEmbedding):
         table = params["embedding"]
-        return x + lax.dynamic_slice_in_dim(table, pos, 1).astype(x.dtype), cache
+        return x + lax.dynamic_slice_in_dim(table, pos, 1), cache  # promoted as forward does
     if isinstance(layer, _POSITION_WISE):
         return layer.apply(params, x), cache
     raise _refuse("decode_step", layer)
