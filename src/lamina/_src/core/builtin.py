@@ -317,8 +317,10 @@ class Builtin(Layer):
         for module, layer, place in self.torch_children(params):
             for name, value in layer.torch_params(_at(params, place)).items():
                 out[f"{module}.{name}"] = value
+        axes = spec.torch_axes(self, self.params_spec())
         for path, name in spec.torch_names(self, self.params_spec()).items():
-            out[name] = _at(params, path)
+            value = _at(params, path)
+            out[name] = spec.with_torch_axes(value, axes[path]) if path in axes else value
         return out
 
     def params_from_torch(self, tensors: Any, like: Params) -> Params:
@@ -331,11 +333,15 @@ class Builtin(Layer):
         names = spec.torch_names(self, self.params_spec())
         if not names:
             return params
+        axes = spec.torch_axes(self, self.params_spec())
         built: dict = {}
         for path, name in names.items():
             if name not in tensors:
                 raise layer_error(self.name, f"torch tensors lack {name!r}; got {sorted(tensors)}")
-            want, got = tuple(np.shape(_at(like, path))), tuple(np.shape(tensors[name]))
+            want = tuple(np.shape(_at(like, path)))
+            if path in axes:
+                want = (1,) * axes[path] + want
+            got = tuple(np.shape(tensors[name]))
             if want != got:
                 where = "params" + "".join(f"[{k!r}]" for k in path)
                 raise layer_error(
@@ -343,7 +349,7 @@ class Builtin(Layer):
             node = built
             for k in path[:-1]:
                 node = node.setdefault(k, {})
-            node[path[-1]] = tensors[name]
+            node[path[-1]] = tensors[name][(0,) * axes[path]] if path in axes else tensors[name]
         return built
 
 

@@ -44,6 +44,9 @@ class Param:
         `"use_bias"`.
       dtype: the dtype it is created in; a function of the layer's config is
         not needed: give the layer's `param_dtype` field.
+      torch_axes: leading axes of size one that torch's tensor has and
+        lamina's does not: a bare `nn.Parameter` kept with a batch axis, as a
+        ViT's `class_token` `(1, 1, D)` (2) for lamina's `(D,)`.
     """
 
     shape: Callable[[Shape], Shape]
@@ -53,6 +56,7 @@ class Param:
     fits: Mapping[int, int] = dataclasses.field(default_factory=dict)
     flag: Optional[str] = None
     dtype: Any = jnp.float32
+    torch_axes: int = 0
 
     def initializer(self, input_shape: Shape) -> Any:
         init = self.init
@@ -286,3 +290,16 @@ def _check_fits(name: str, want: Spec, arrays: dict[tuple, Shape], x_shape: Shap
 def torch_names(layer: Any, spec: Spec) -> dict[tuple, str]:
     """Path in the params (or state) -> the torch state-dict name, for declared arrays."""
     return {path: p.torch for path, p in leaves(present(layer, spec)) if p.torch is not None}
+
+
+def torch_axes(layer: Any, spec: Spec) -> dict[tuple, int]:
+    """Path -> the leading axes of one torch's tensor adds there (`Param.torch_axes`), where any."""
+    return {path: p.torch_axes for path, p in leaves(present(layer, spec)) if p.torch_axes}
+
+
+def with_torch_axes(value: Any, n: int) -> Any:
+    """`value` with `n` leading axes of one, as torch holds it; a `ShapeDtypeStruct` too."""
+    shape = (1,) * n + tuple(value.shape)
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(shape, value.dtype)
+    return jnp.reshape(value, shape)

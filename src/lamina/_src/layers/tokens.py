@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
-import jax
 import jax.numpy as jnp
 
 from lamina._src.core.builtin import Builtin
@@ -36,13 +35,6 @@ def _sequence(name: str, input_shape: Any) -> tuple[int, int]:
             f"{tuple(input_shape)}",
         )
     return input_shape[-2], input_shape[-1]
-
-
-def _torch_view(value: Any, shape: tuple[int, ...]) -> Any:
-    """`value` in torch's shape; a `ShapeDtypeStruct` (params described, not drawn) too."""
-    if isinstance(value, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(shape, value.dtype)
-    return jnp.reshape(value, shape)
 
 
 class ClassToken(Builtin):
@@ -81,7 +73,7 @@ class ClassToken(Builtin):
 
     def params_spec(self):
         return {"token": Param(lambda s: (s[-1],), initializers.constant(0.0), "class_token",
-                               "(D,)", fits={0: -1})}
+                               "(D,)", fits={0: -1}, torch_axes=2)}
 
     def check_input(self, x, params):
         x = check_float_input(self.name, x)
@@ -92,17 +84,6 @@ class ClassToken(Builtin):
         token = jnp.broadcast_to(params["token"], x.shape[:-2] + (1, x.shape[-1]))
         return jnp.concatenate([token.astype(jnp.result_type(x, token)), x], axis=-2), state
 
-    def torch_params(self, params):
-        token = params["token"]
-        return {"class_token": _torch_view(token, (1, 1) + tuple(token.shape))}
-
-    def params_from_torch(self, tensors, like):
-        token = tensors["class_token"]
-        if tuple(token.shape[:2]) != (1, 1):
-            raise layer_error(self.name, f"torch 'class_token' must have shape (1, 1, D), got "
-                                         f"{tuple(token.shape)}")
-        return super().params_from_torch({"class_token": jnp.reshape(token, token.shape[2:])},
-                                         like)
 
 
 def _optional_count(where: str, arg: str, value: Any) -> Optional[int]:
@@ -161,7 +142,7 @@ class PositionEmbedding(Builtin):
 
     def params_spec(self):
         return {"embedding": Param(lambda s: (self._rows(s), s[-1]), initializers.normal(0.02),
-                                   "pos_embedding", "(positions, D)", fits={1: -1})}
+                                   "pos_embedding", "(positions, D)", fits={1: -1}, torch_axes=1)}
 
     def params_note(self, input_shape, key):
         if self.max_length is not None or len(input_shape) < 2:
@@ -177,15 +158,3 @@ class PositionEmbedding(Builtin):
 
     def forward(self, params, state, x, *, key, train):
         return x + jnp.broadcast_to(params["embedding"][: x.shape[-2]], x.shape), state
-
-    def torch_params(self, params):
-        table = params["embedding"]
-        return {"pos_embedding": _torch_view(table, (1,) + tuple(table.shape))}
-
-    def params_from_torch(self, tensors, like):
-        table = tensors["pos_embedding"]
-        if len(table.shape) != 3 or table.shape[0] != 1:
-            raise layer_error(self.name, f"torch 'pos_embedding' must have shape (1, S, D), got "
-                                         f"{tuple(table.shape)}")
-        return super().params_from_torch({"pos_embedding": jnp.reshape(table, table.shape[1:])},
-                                         like)
