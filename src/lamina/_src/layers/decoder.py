@@ -12,21 +12,18 @@ name.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from lamina._src.core.builtin import Builtin
 from lamina._src.core.checks import check_float_input, check_input_shape, check_key
 from lamina._src.core.errors import child_context, layer_error
-from lamina._src.core.fields import Count, Flag, Positive
 from lamina._src.core.layer import Layer, call_child
 from lamina._src.core.record import TraceStep, add_step
 from lamina._src.layers.attention import MultiHeadAttention, _sequence_shape
 from lamina._src.layers.dense import Dense
-from lamina._src.layers.encoder import EncoderAct, check_masks, masks
+from lamina._src.layers.encoder import _Transformer, check_masks, masks
 from lamina._src.layers.norms import LayerNorm
 
 _INPUTS = ("tgt", "memory", "tgt_mask", "memory_mask", "tgt_key_padding_mask",
@@ -37,7 +34,7 @@ _MODULES = ("self_attn", "multihead_attn", "linear1", "linear2", "norm1", "norm2
 """The block's layers, by torch's module names, in torch's state-dict order."""
 
 
-class TransformerDecoderLayer(Builtin):
+class TransformerDecoderLayer(_Transformer):
     """A transformer decoder block, as `torch.nn.TransformerDecoderLayer`.
 
     With `norm_first` (pre-norm): `x = x + self_attn(norm1(x))`, `x = x +
@@ -79,16 +76,6 @@ class TransformerDecoderLayer(Builtin):
       >>> block.apply(params, {"tgt": jnp.ones((5, 8)), "memory": jnp.ones((7, 8))}).shape
       (5, 8)
     """
-
-    num_heads: Count
-    ff_features: Count
-    _: dataclasses.KW_ONLY
-    act: EncoderAct = "relu"
-    norm_first: Flag = True
-    causal: Flag = False
-    eps: Positive = 1e-5
-
-    stochastic = False
 
     def parts(self, features: int) -> dict[str, Layer]:
         """The layers this block runs on inputs of `features` (D) features, by torch's names."""

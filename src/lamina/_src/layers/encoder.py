@@ -59,7 +59,22 @@ _TORCH_PLACES: dict[bool, dict[str, tuple[int, ...]]] = {
 }
 
 
-class TransformerEncoderLayer(Builtin):
+class _Transformer(Builtin):
+    """The configuration torch's transformer layers share: heads, feed-forward size, activation,
+    pre- or post-norm, a causal self-attention, the LayerNorms' eps."""
+
+    num_heads: Count
+    ff_features: Count
+    _: dataclasses.KW_ONLY
+    act: EncoderAct = "relu"
+    norm_first: Flag = True
+    causal: Flag = False
+    eps: Positive = 1e-5
+
+    stochastic = False
+
+
+class TransformerEncoderLayer(_Transformer):
     """A transformer encoder block: self-attention, then a feed-forward network.
 
     Both halves are residual. With `norm_first` (pre-norm) the block is
@@ -109,16 +124,6 @@ class TransformerEncoderLayer(Builtin):
       >>> sorted(block.torch_params(params))[:2]
       ['linear1.bias', 'linear1.weight']
     """
-
-    num_heads: Count
-    ff_features: Count
-    _: dataclasses.KW_ONLY
-    act: EncoderAct = "relu"
-    norm_first: Flag = True
-    causal: Flag = False
-    eps: Positive = 1e-5
-
-    stochastic = False
 
     def block(self, features: int) -> serial:
         """The `lm.serial` this layer runs on inputs with `features` (D) features."""
