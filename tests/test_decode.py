@@ -29,6 +29,10 @@ MODELS = {
         lm.Embedding(11, 8), lm.PositionEmbedding(max_length=9),
         lm.TransformerEncoderLayer(4, 16, norm_first=False, causal=True),
         lm.remat(lm.TransformerEncoderLayer(2, 8, causal=True)), lm.Dense(11)),
+    "named layers": lambda: lm.serial(
+        tok=lm.Embedding(11, 8), pos=lm.PositionEmbedding(max_length=9),
+        blocks=lm.stack(lm.TransformerEncoderLayer(2, 16, causal=True), 2),
+        norm=lm.LayerNorm(), head=lm.Dense(11)),
     "attention alone, no bias": lambda: lm.serial(
         lm.Embedding(11, 8), lm.MultiHeadAttention(2, causal=True, use_bias=False),
         lm.RMSNorm(), lm.Dense(6, act="relu"), lm.Dense(11)),

@@ -82,27 +82,35 @@ class _ResNet18(nn.Module):
 
 def _basic_block(width, stride, project):
     main = lm.serial(
-        lm.Conv(width, 3, stride=stride, padding=1, use_bias=False), lm.BatchNorm(), lm.Relu(),
-        lm.Conv(width, 3, padding=1, use_bias=False), lm.BatchNorm(),
+        conv1=lm.Conv(width, 3, stride=stride, padding=1, use_bias=False), bn1=lm.BatchNorm(),
+        relu=lm.Relu(), conv2=lm.Conv(width, 3, padding=1, use_bias=False), bn2=lm.BatchNorm(),
     )
-    if not project:
-        return lm.serial(lm.residual(main), lm.Relu())
-    shortcut = lm.serial(lm.Conv(width, 1, stride=stride, use_bias=False), lm.BatchNorm())
-    return lm.serial(lm.parallel(main, shortcut), lm.Add(), lm.Relu())
+    downsample = lm.Identity()
+    if project:
+        downsample = lm.serial(lm.Conv(width, 1, stride=stride, use_bias=False), lm.BatchNorm())
+    return lm.serial(lm.parallel(main=main, downsample=downsample), lm.Add(), lm.Relu())
 
 
 def resnet18(classes):
-    """ResNet-18 from lamina's layers: the stem, four stages of two basic blocks, the head."""
-    stages = []
+    """ResNet-18 from lamina's layers, named as torchvision names its modules."""
+    stages = {}
     for i, width in enumerate((64, 128, 256, 512)):
         stride = 1 if i == 0 else 2
-        stages += [_basic_block(width, stride, project=i > 0), _basic_block(width, 1, False)]
+        stages[f"layer{i + 1}"] = lm.serial(_basic_block(width, stride, project=i > 0),
+                                            _basic_block(width, 1, False))
     return lm.serial(
-        lm.Conv(64, 7, stride=2, padding=3, use_bias=False), lm.BatchNorm(), lm.Relu(),
-        lm.MaxPool(3, stride=2, padding=1),
-        *stages,
-        lm.AdaptiveAvgPool((1, 1)), lm.Flatten(), lm.Dense(classes),
+        conv1=lm.Conv(64, 7, stride=2, padding=3, use_bias=False), bn1=lm.BatchNorm(),
+        relu=lm.Relu(), maxpool=lm.MaxPool(3, stride=2, padding=1),
+        **stages,
+        avgpool=lm.AdaptiveAvgPool((1, 1)), flatten=lm.Flatten(), fc=lm.Dense(classes),
     )
+
+
+# torchvision's block computes `relu(main(x) + downsample(x))` in its forward;
+# lamina writes that sum as layers, `serial(parallel(main=..., downsample=...),
+# Add(), Relu())`, which puts the block's modules one level down.
+RESNET_KEYS = [(r"^(layer\d\.\d)\.downsample\.", r"\1.0.downsample."),
+               (r"^(layer\d\.\d)\.(conv|bn)", r"\1.0.main.\2")]
 
 
 def test_resnet18_equals_torchvisions_in_eval_and_train_mode_and_rebuilds_from_a_file(tmp_path):
@@ -113,8 +121,12 @@ def test_resnet18_equals_torchvisions_in_eval_and_train_mode_and_rebuilds_from_a
         for _ in range(2):
             net(torch.randn(4, 3, 64, 64) * 2 + 0.5)
     model = resnet18(10)
-    params, state = lm.from_torch(net.state_dict(), like=(model, (3, 64, 64)))
+    params, state = lm.from_torch(net.state_dict(), like=(model, (3, 64, 64)),
+                                  key_map=RESNET_KEYS)
     assert lm.param_shapes(model, (3, 64, 64))[0] == (10,)
+    assert params["fc"]["W"].shape == (10, 512)
+    assert params["layer2"][0][0]["main"]["conv1"]["W"].shape == (128, 64, 3, 3)
+    assert params["layer2"][0][0]["downsample"][0]["W"].shape == (128, 64, 1, 1)
     n_torch = sum(p.numel() for p in net.parameters())
     assert lm.summary(model, (3, 64, 64)).params == n_torch == 11_181_642
 
@@ -132,7 +144,9 @@ def test_resnet18_equals_torchvisions_in_eval_and_train_mode_and_rebuilds_from_a
         want_train = net(torch.as_tensor(xs)).numpy()
     got_train, new_state = fwd(params, xs, state=state, train=True)
     np.testing.assert_allclose(np.asarray(got_train), want_train, atol=2e-4, rtol=1e-4)
-    back = lm.to_torch(params, like=net.state_dict(), state=new_state, model=model)
+    back = lm.to_torch(params, like=net.state_dict(), state=new_state, model=model,
+                       key_map=RESNET_KEYS)
+    assert list(back) == list(net.state_dict())
     for key, value in net.state_dict().items():
         np.testing.assert_allclose(back[key], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=key)
 

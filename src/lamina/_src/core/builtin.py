@@ -266,6 +266,11 @@ class Builtin(Layer):
         """
         return f"{type(self).__name__}[{i}]"
 
+    def child_place(self, i: int) -> Any:
+        """Where child `i`'s params (and state) sit in this layer's: a tuple index or a
+        dict key; `None` when they are this layer's own (`child_segment` is `""`)."""
+        return None if self.child_segment(i) == "" else i
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Self:
         """Builds the layer from `config()`'s dict."""
@@ -282,12 +287,13 @@ class Builtin(Layer):
           >>> model.replace(layers=model.layers[:1] + (lm.Dense(5),))
           serial(Dense(8, act='relu'), Dense(5))
         """
-        unknown = sorted(set(changes) - set(self.config()))
+        fields = {f.name for f in _fields(self)}
+        unknown = sorted(set(changes) - fields)
         if unknown:
             raise layer_error(
                 self.name,
                 f"replace() got unknown field(s) {unknown}; {type(self).__name__} has "
-                f"{sorted(self.config())}",
+                f"{sorted(fields)}",
                 TypeError,
             )
         return type(self).from_config({**self.config(), **changes})

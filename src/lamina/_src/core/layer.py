@@ -312,6 +312,21 @@ def children(layer: Layer) -> tuple[tuple[str, Layer], ...]:
     return layer._sublayers()
 
 
+def placed_children(layer: Layer) -> list[tuple[Any, Layer]]:
+    """`(place, child)` for each child: where its params (and state) sit in the layer's.
+
+    A place is a tuple index or a dict key (a named child); `None` means the
+    child's params are the layer's own (`with_dtype`, `remat`).
+    """
+    place = getattr(layer, "child_place", lambda i: i)
+    return [(place(i), child) for i, (_, child) in enumerate(children(layer))]
+
+
+def entry(tree: Any, place: Any) -> Any:
+    """The entry of a child at `place` in its parent's params or state tree (`None`: all)."""
+    return tree if place is None else tree[place]
+
+
 def check_layer_type(
     where: str, model: Any, expected: str = "expected a lamina Layer such as lm.mlp([10])"
 ) -> Layer:

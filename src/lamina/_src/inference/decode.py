@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lamina._src.core.errors import child_context, layer_error
-from lamina._src.core.layer import Layer
+from lamina._src.core.layer import Layer, placed_children
 from lamina._src.layers.activations import Activation
 from lamina._src.layers.attention import MultiHeadAttention
 from lamina._src.layers.combinators import serial
@@ -153,10 +153,10 @@ def _empty(layer: Layer, params: Any, length: int) -> Any:
         return _empty(layer.layer, params, length)
     if isinstance(layer, serial):
         caches = []
-        for i, (child, p) in enumerate(zip(layer.layers, params)):
+        for i, (place, child) in enumerate(placed_children(layer)):
             with child_context(layer.child_segment(i), child):
-                caches.append(_empty(child, p, length))
-        return tuple(caches)
+                caches.append(_empty(child, params[place], length))
+        return layer._pack(caches)
     if isinstance(layer, (MultiHeadAttention, TransformerEncoderLayer)):
         attn = _attention(layer, "init_cache")
         W = _self_attn_params(layer, params)["qkv"]["W"]
@@ -186,13 +186,13 @@ def _step(layer: Layer, params: Any, cache: Any, x: Any, pos: Any) -> tuple[Any,
         return _step(layer.layer, params, cache, x, pos)
     if isinstance(layer, serial):
         caches = []
-        for i, (child, p, c) in enumerate(zip(layer.layers, params, cache)):
+        for i, (place, child) in enumerate(placed_children(layer)):
             with child_context(layer.child_segment(i), child):
-                x, c = _step(child, p, c, x, pos)
+                x, c = _step(child, params[place], cache[place], x, pos)
             caches.append(c)
         if isinstance(layer, tied):
             x = dense({"W": params[0]["W"]}, x)
-        return x, tuple(caches)
+        return x, layer._pack(caches)
     if isinstance(layer, MultiHeadAttention):
         return _attend(_attention(layer, "decode_step"), params, cache, x, pos)
     if isinstance(layer, TransformerEncoderLayer):

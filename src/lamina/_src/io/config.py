@@ -16,21 +16,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 
 from lamina._src.core.builtin import Builtin, Wrapper
 from lamina._src.core.errors import LaminaError, join_path, layer_error
-from lamina._src.core.layer import Layer, children
+from lamina._src.core.layer import Layer, placed_children
 from lamina._src.core.params import path_str
 from lamina._src.core.spec import check_structure as spec_check_structure
 from lamina._src.core.spec import present
 from lamina._src.layers import initializers
 from lamina._src.layers.combinators import _Combinator
 from lamina._src.layers.registry import LAYERS
-from lamina._src.layers.stack import stack
+from lamina._src.layers.stack import holds_children, stack
 
 FORMAT = 2
 """Format 2: `"gelu"` is the exact form everywhere (format 1's Dense, Conv and
@@ -245,20 +245,25 @@ def check_structure(model: Layer, params: Any, where: str) -> None:
             else:
                 walk(layer.inner, tree[0], path + (0,))
             return
-        kids = children(layer)
-        if not kids or not isinstance(layer, _Combinator):
+        if not isinstance(layer, _Combinator):
             return  # a layer that lays out its own params (e.g. a transformer block)
-        if not isinstance(tree, (tuple, list)) or len(tree) != len(kids):
+        placed = placed_children(layer)
+        if not holds_children(tree, placed) or isinstance(tree, Mapping) and len(tree) != len(
+                placed):
+            expected = (f"a dict with keys {list(layer.names)}" if layer.names
+                        else f"a tuple of {len(placed)} entries")
             raise layer_error(
-                where, f"params at {here!r} do not fit the model: {layer.name} expects a "
-                f"tuple of {len(kids)} entries (one per layer), got {_kind(tree)}")
-        for i, (_, child) in enumerate(kids):
-            walk(child, tree[i], path + (i,))
+                where, f"params at {here!r} do not fit the model: {layer.name} expects "
+                f"{expected} (one per layer), got {_kind(tree)}")
+        for place, child in placed:
+            walk(child, tree[place], path + (place,))
 
     walk(model, params, ())
 
 
 def _kind(tree: Any) -> str:
+    if isinstance(tree, Mapping):
+        return f"a dict with keys {list(tree)}"
     if isinstance(tree, (tuple, list)):
         return f"a {type(tree).__name__} of length {len(tree)}"
     return type(tree).__name__

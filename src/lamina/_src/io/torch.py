@@ -32,7 +32,7 @@ import numpy as np
 from lamina._src.core import spec
 from lamina._src.core.builtin import Builtin
 from lamina._src.core.errors import layer_error, transposed_hint
-from lamina._src.core.layer import Layer, Params, children
+from lamina._src.core.layer import Layer, Params, entry, placed_children
 from lamina._src.core.params import param_shapes, path_str
 from lamina._src.io.checkpoint import read_safetensors
 from lamina._src.io.torch_keys import (
@@ -327,13 +327,14 @@ def _model_units(model: Layer, params: Any, state: Any, where: str) -> list[_Uni
         if isinstance(layer, Builtin) and _has_torch_names(layer):
             units.append(_layer_unit(layer, path, params, state))
             return
-        kids = children(layer)
-        if kids:
-            for i, (segment, child) in enumerate(kids):
-                shared = segment == ""  # e.g. with_dtype: the child's params are its own
-                walk(child, params if shared else params[i],
-                     state if shared or not isinstance(state, tuple) or not state else state[i],
-                     path if shared else path + (i,))
+        placed = placed_children(layer)
+        if placed:
+            for place, child in placed:
+                # A stateless child's state is () (the whole state, when none has any).
+                walk(child, entry(params, place),
+                     entry(state, place) if isinstance(state, (tuple, Mapping)) and state
+                     else state,
+                     path if place is None else path + (place,))
             return
         if jax.tree.leaves(params):
             raise layer_error(
@@ -366,6 +367,11 @@ def _tree_units(params: Any, state: Any, where: str) -> list[_Unit]:
                 units.append(_unit(path, "BatchNorm" if bn else "LayerNorm",
                                    {"scale": "weight", "offset": "bias"}, node,
                                    _BATCH_NORM_STATE if bn else {}, state))
+            elif all(isinstance(v, (Mapping, tuple, list)) for v in node.values()):
+                # A named combinator's params: one entry per child, matched by name.
+                for k, child in node.items():
+                    child_state = state.get(k) if isinstance(state, Mapping) else None
+                    walk(child, child_state, path + (k,))
             else:
                 raise layer_error(
                     where,
@@ -395,11 +401,15 @@ _BATCH_NORM_STATE = {"running_mean": "running_mean", "running_var": "running_var
 
 
 def _match(units: list[_Unit], keys: Sequence[str], where: str) -> list[tuple[_Unit, dict]]:
-    """Pairs each unit with its torch keys, in order: `(unit, {local name: torch key})`.
+    """Pairs each unit with its torch keys: `(unit, {local name: torch key})`.
 
-    The next unused torch key starts the next unit's module; the unit's own
-    names then fix the module's prefix, and every name must be there.
+    Named layers (a path with a name in it) are matched by name, key for
+    key; a model of positions only, in order: the next unused torch key
+    starts the next unit's module, the unit's own names then fix the
+    module's prefix, and every name must be there.
     """
+    if any(isinstance(k, str) for unit in units for k in unit.path):
+        return _match_names(units, keys, where)
     if not any("." in local for unit in units for local in unit.tensors):
         modules = list(dict.fromkeys(k.rpartition(".")[0] for k in keys))
         if len(modules) != len(units):
@@ -445,6 +455,36 @@ def _match(units: list[_Unit], keys: Sequence[str], where: str) -> list[tuple[_U
             f"{left[0]!r}",
         )
     return pairs
+
+
+def _match_names(units: list[_Unit], keys: Sequence[str], where: str) -> list[tuple[_Unit, dict]]:
+    """Each unit's tensors at `path.local`, as torch's `load_state_dict` matches, strictly."""
+    pairs = []
+    for unit in units:
+        prefix = path_str(unit.path)
+        pairs.append((unit, {local: f"{prefix}.{local}" if prefix else local
+                             for local in unit.tensors}))
+    wanted = [key for _, names in pairs for key in names.values()]
+    have, want = set(keys), set(wanted)
+    missing = [k for k in wanted if k not in have]
+    unexpected = [k for k in keys if k not in want]
+    if missing or unexpected:
+        differ = [f"{what}: {_few(found)}" for what, found in (
+            ("lamina's keys missing from torch", missing),
+            ("torch's keys lamina has no place for", unexpected)) if found]
+        raise layer_error(
+            where,
+            f"the model's named layers are matched to torch's keys by name, and they differ "
+            f"({'; '.join(differ)}). Name the layers as torch names its modules, or rename "
+            f"torch's keys with key_map=",
+        )
+    return pairs
+
+
+def _few(keys: list[str]) -> str:
+    if len(keys) <= 4:
+        return repr(keys)
+    return f"{len(keys)} keys ({', '.join(map(repr, keys[:4]))}, ...)"
 
 
 def _prefix(key: str, unit: _Unit, available: set) -> Optional[str]:

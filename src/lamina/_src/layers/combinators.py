@@ -3,15 +3,16 @@
 Forward propagation through a network is function composition: `serial(f, g)`
 applies `f`, then `g`. A combinator's params are a tuple of its children's
 params, in order, so `params[2]["W"]` is the weight matrix of the third layer
-of a `serial`. Shapes flow through `init`, so a model never states its input
-size twice. Combinators keep their children (`.layers`, `.layer`), so a model
-can be taken apart and rebuilt.
+of a `serial`; with children given by name, a dict (`params["fc"]["W"]`).
+Shapes flow through `init`, so a model never states its input size twice.
+Combinators keep their children (`.layers`, `.layer`), so a model can be
+taken apart and rebuilt.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +27,27 @@ from lamina._src.layers.activations import ActivationLike
 from lamina._src.layers.dense import Dense
 
 
-def _check_layers(where: str, layers: Sequence[Any]) -> tuple[Layer, ...]:
-    if not layers:
+def _check_layers(where: str, layers: Sequence[Any], named: dict[str, Any]) -> tuple[Layer, ...]:
+    if layers and named:
+        raise layer_error(
+            where,
+            f"takes its layers all by position or all by name, not both: got {len(layers)} "
+            f"by position and {sorted(named)} by name",
+            TypeError,
+        )
+    if not layers and not named:
         raise layer_error(where, "needs at least one layer, got none")
     for i, layer in enumerate(layers):
         check_layer_type(where, layer, f"argument {i} must be a lamina Layer")
-    return tuple(layers)
+    for name, layer in named.items():
+        # A name is a segment of params paths ("layer1.0.conv1.W"), so it may
+        # not hold the separator; torch's module names obey the same rule.
+        if not isinstance(name, str) or not name or "." in name:
+            raise layer_error(
+                where, f"a layer's name must be a non-empty string without '.', got {name!r}",
+                TypeError)
+        check_layer_type(where, layer, f"argument {name} must be a lamina Layer")
+    return tuple(layers) or tuple(named.values())
 
 
 def child_keys(where: str, key: Any, layers: Sequence[Layer]) -> list[Any]:
@@ -48,35 +64,85 @@ def child_keys(where: str, key: Any, layers: Sequence[Layer]) -> list[Any]:
 
 
 class _Combinator(Builtin, init=False):
-    """A layer over a tuple of layers; its params and state are tuples, one entry per child."""
+    """A layer over several layers; its params and state hold one entry per child.
+
+    Children given by position give a tuple (`params[2]`); children given by
+    name a dict in their order (`params["conv1"]`), as torch's modules name
+    theirs, so paths read `layer1.0.conv1.W` and adding a layer renumbers
+    nothing.
+    """
 
     layers: tuple[Layer, ...]
+    names: tuple[str, ...] = ()
 
-    def __init__(self, *layers: Layer):
-        object.__setattr__(self, "layers", _check_layers(type(self).__name__, layers))
+    def __init__(self, *layers: Layer, **named: Layer):
+        where = type(self).__name__
+        object.__setattr__(self, "layers", _check_layers(where, layers, named))
+        object.__setattr__(self, "names", tuple(named))
+
+    def config(self) -> dict[str, Any]:
+        # Names only when given: a model of positions is written as before them.
+        return {"layers": self.layers, **({"names": self.names} if self.names else {})}
 
     @classmethod
     def from_config(cls, config):
-        return cls(*config["layers"])
+        layers, names = tuple(config["layers"]), tuple(config.get("names", ()))
+        if not names:
+            return cls(*layers)
+        if len(names) != len(layers):
+            raise layer_error(
+                cls.__name__, f"has {len(names)} names for {len(layers)} layers", TypeError)
+        return cls(**dict(zip(names, layers)))
+
+    def _shown(self, show_layer) -> str:
+        if not self.names:
+            return ", ".join(show_layer(layer) for layer in self.layers)
+        return ", ".join(f"{n}={show_layer(layer)}" for n, layer in zip(self.names, self.layers))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._shown(repr)})"
 
     @functools.cached_property
     def name(self) -> str:  # cached: a deep model's name is long, and errors ask for it
-        return f"{type(self).__name__}({', '.join(layer.name for layer in self.layers)})"
+        return f"{type(self).__name__}({self._shown(lambda layer: layer.name)})"
+
+    def child_segment(self, i: int) -> str:
+        return f"{type(self).__name__}[{self.names[i] if self.names else i}]"
+
+    def child_place(self, i: int) -> Any:
+        return self.names[i] if self.names else i
 
     def check_input_shape(self, input_shape):
         return input_shape  # each child checks what it gets
 
-    def _split(self, params: Any, state: Any) -> tuple[Any, list]:
+    def _pack(self, entries: Sequence[Any]) -> Any:
+        """One entry per child as this layer's params (or state): a tuple, or a dict by name."""
+        return dict(zip(self.names, entries)) if self.names else tuple(entries)
+
+    def _entries(self, tree: Any, what: str) -> list:
+        """The children's entries of this layer's params (or state), in order."""
+        if not self.names:
+            check_tuple(self.name, tree, len(self.layers), what)
+            return list(tree)
+        if not isinstance(tree, Mapping) or set(tree) != set(self.names):
+            got = (f"a dict with keys {list(tree)}" if isinstance(tree, Mapping)
+                   else type(tree).__name__)
+            raise layer_error(
+                self.name,
+                f"expected {what} as a dict with keys {list(self.names)} (one per layer), "
+                f"got {got}",
+            )
+        return [tree[n] for n in self.names]
+
+    def _split(self, params: Any, state: Any) -> tuple[list, list]:
         """The children's params and states: a stateless combinator's state is `()`."""
-        n = len(self.layers)
-        check_tuple(self.name, params, n)
+        params = self._entries(params, "params")
         if not self.stateful:
-            return params, [()] * n
-        check_tuple(self.name, state, n, "state")
-        return params, list(state)
+            return params, [()] * len(self.layers)
+        return params, self._entries(state, "state")
 
     def _joined(self, states: list) -> Any:
-        return tuple(states) if self.stateful else ()
+        return self._pack(states) if self.stateful else ()
 
 
 class serial(_Combinator, init=False):
@@ -84,8 +150,12 @@ class serial(_Combinator, init=False):
 
     Args:
       *layers: the layers, first to last; `.layers` holds them.
+      **named: or the layers by name, first to last (`conv1=lm.Conv(...),
+        bn1=lm.BatchNorm()`); `.names` holds the names. Not both.
 
-    A `Layer` whose params are a tuple with one entry per layer.
+    A `Layer` whose params are a tuple with one entry per layer, or with
+    named layers a dict by name (paths such as `"conv1.W"`, the names
+    `lm.from_torch` matches with torch's module names).
 
     Example:
       >>> import jax, lamina as lm
@@ -93,6 +163,10 @@ class serial(_Combinator, init=False):
       >>> out_shape, params = model.init(jax.random.key(0), (4,))
       >>> out_shape, len(params), model.layers[1]
       ((2,), 2, Dense(2))
+      >>> named = lm.serial(hidden=lm.Dense(8, act="relu"), out=lm.Dense(2))
+      >>> _, params = named.init(jax.random.key(0), (4,))
+      >>> list(params), params["out"]["W"].shape
+      (['hidden', 'out'], (2, 8))
     """
 
     def init(self, key, input_shape):
@@ -103,7 +177,7 @@ class serial(_Combinator, init=False):
             with child_context(self.child_segment(i), layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
-        return shape, tuple(params)
+        return shape, self._pack(params)
 
     def init_state(self, input_shape):
         if not self.stateful:
@@ -114,14 +188,14 @@ class serial(_Combinator, init=False):
                 states.append(layer.init_state(shape) if layer.stateful else ())
                 if i + 1 < len(self.layers):
                     shape = output_shape(layer, shape)
-        return tuple(states)
+        return self._pack(states)
 
     def forward(self, params, state, x, *, key, train):
         params, states = self._split(params, state)
         keys = child_keys(self.name, key, self.layers)
         for i, layer in enumerate(self.layers):
-            x, states[i] = call_child(self.child_segment(i), i, layer, params[i], states[i], x,
-                                      keys[i], train)
+            x, states[i] = call_child(self.child_segment(i), self.child_place(i), layer,
+                                      params[i], states[i], x, keys[i], train)
         return x, self._joined(states)
 
 
@@ -132,9 +206,12 @@ class parallel(_Combinator, init=False):
 
     Args:
       *layers: the branches; `.layers` holds them.
+      **named: or the branches by name (`main=..., downsample=...`);
+        `.names` holds the names. Not both.
 
-    A `Layer` whose output shape is a tuple of the branches' output shapes
-    and whose params are a tuple with one entry per branch.
+    A `Layer` whose output is a tuple of the branches' outputs, in order
+    (named or not), and whose params are a tuple with one entry per branch,
+    or with named branches a dict by name.
 
     Example:
       >>> import jax, jax.numpy as jnp, lamina as lm
@@ -156,7 +233,7 @@ class parallel(_Combinator, init=False):
                 shape, p = layer.init(k, input_shape)
             shapes.append(shape)
             params.append(p)
-        return tuple(shapes), tuple(params)
+        return tuple(shapes), self._pack(params)
 
     def init_state(self, input_shape):
         if not self.stateful:
@@ -165,15 +242,15 @@ class parallel(_Combinator, init=False):
         for i, layer in enumerate(self.layers):
             with child_context(self.child_segment(i), layer):
                 states.append(layer.init_state(input_shape) if layer.stateful else ())
-        return tuple(states)
+        return self._pack(states)
 
     def forward(self, params, state, x, *, key, train):
         params, states = self._split(params, state)
         keys = child_keys(self.name, key, self.layers)
         outs, ends = [], []
         for i, layer in enumerate(self.layers):
-            y, states[i] = call_child(self.child_segment(i), i, layer, params[i], states[i], x,
-                                      keys[i], train, feed=-1)
+            y, states[i] = call_child(self.child_segment(i), self.child_place(i), layer,
+                                      params[i], states[i], x, keys[i], train, feed=-1)
             outs.append(y)
             ends.append(_last_step())
         y = tuple(outs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Annotated, Any, Callable, Optional, Union
+from typing import Annotated, Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ from lamina._src.core.builtin import Builtin, Child, Wrapper
 from lamina._src.core.checks import check_input_shape, check_key
 from lamina._src.core.errors import child_context, layer_error
 from lamina._src.core.fields import Check, Count
-from lamina._src.core.layer import Layer, abstract_init, call_child, children
+from lamina._src.core.layer import Layer, abstract_init, call_child, children, placed_children
 from lamina._src.core.params import path_str
 from lamina._src.core.record import recording
 from lamina._src.layers.combinators import child_keys, serial
@@ -350,14 +350,24 @@ def restack_tree(model: Layer, tree: Any) -> Any:
 
 
 def _map_children(model: Layer, tree: Any, fn: Callable) -> Any:
-    kids = children(model)
-    if not kids or not isinstance(tree, (tuple, list)) and kids[0][0] != "":
+    placed = placed_children(model)
+    if placed and placed[0][0] is None:  # the child's tree is this layer's own
+        return fn(placed[0][1], tree)
+    if not placed or not holds_children(tree, placed):
         return tree
-    if kids[0][0] == "":  # the child's tree is this layer's own
-        return fn(kids[0][1], tree)
-    if len(tree) != len(kids):
-        return tree
-    return tuple(fn(child, t) for (_, child), t in zip(kids, tree))
+    mapped = [fn(child, tree[place]) for place, child in placed]
+    if isinstance(tree, Mapping):
+        return {place: t for (place, _), t in zip(placed, mapped)}
+    return tuple(mapped)
+
+
+def holds_children(tree: Any, placed: list[tuple[Any, Layer]]) -> bool:
+    """Whether `tree` has an entry at each child's place: a tuple of one per child, or a
+    dict by name (a layer that lays out its own params, e.g. a transformer block, may not)."""
+    if isinstance(tree, Mapping):
+        return all(isinstance(p, str) and p in tree for p, _ in placed)
+    return isinstance(tree, (tuple, list)) and len(tree) == len(placed) and all(
+        isinstance(p, int) for p, _ in placed)
 
 
 def stacked_axes(model: Layer, tree: Any) -> Any:
@@ -365,11 +375,14 @@ def stacked_axes(model: Layer, tree: Any) -> Any:
     def walk(layer, t, depth):
         if isinstance(layer, stack):
             return walk(layer.layer, t, depth + 1)
-        kids = children(layer)
-        if kids and kids[0][0] == "":
-            return walk(kids[0][1], t, depth)
-        if kids and isinstance(t, (tuple, list)) and len(t) == len(kids):
-            return tuple(walk(child, sub, depth) for (_, child), sub in zip(kids, t))
+        placed = placed_children(layer)
+        if placed and placed[0][0] is None:
+            return walk(placed[0][1], t, depth)
+        if placed and holds_children(t, placed):
+            walked = [walk(child, t[place], depth) for place, child in placed]
+            if isinstance(t, Mapping):
+                return {place: w for (place, _), w in zip(placed, walked)}
+            return tuple(walked)
         return jax.tree.map(lambda _: depth, t)
 
     return walk(model, tree, 0)

@@ -15,7 +15,7 @@ Meshes name their axes `"data"` (examples split across devices) and
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -184,21 +184,45 @@ def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None, *,
             (spec for pattern, spec in table if pattern.fullmatch(path)), None
         )
 
-    def place(key_path, leaf, copies=0):
-        path = path_str(key_path)
+    def spec_of(path, leaf, copies):
         one = leaf
         if copies:
             one = jax.ShapeDtypeStruct(jax.numpy.shape(leaf)[copies:], jax.numpy.result_type(leaf))
         spec = rules(path, one) or PartitionSpec()
         if copies and spec:  # the copies' axis stays whole
             spec = PartitionSpec(*([None] * copies), *spec)
-        spec = _fit(path, leaf, spec, mesh, strict)
-        return jax.device_put(leaf, NamedSharding(mesh, spec))
+        return _fit(path, leaf, spec, mesh, strict)
 
-    if model is None:
-        return jax.tree_util.tree_map_with_path(place, params)
-    check_layer_type("shard_params", model)
-    return jax.tree_util.tree_map_with_path(place, params, stacked_axes(model, params))
+    copies = params
+    if model is not None:
+        check_layer_type("shard_params", model)
+        copies = stacked_axes(model, params)
+    # The rules see the leaves in the order the layers run (a stateful rule
+    # alternates rows and columns), not jax's flattening order, which sorts a
+    # named model's dict keys.
+    specs = {path_str(path): spec_of(path_str(path), _at(params, path), 0 if model is None else n)
+             for path, n in _in_order(copies, ())}
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jax.device_put(leaf, NamedSharding(mesh, specs[path_str(path)])),
+        params)
+
+
+def _in_order(tree: Any, path: tuple) -> Iterator[tuple[tuple, Any]]:
+    """`(path, leaf)` in the tree's own order: a dict's as built, not sorted."""
+    if isinstance(tree, Mapping):
+        for k in tree:
+            yield from _in_order(tree[k], path + (k,))
+    elif isinstance(tree, (tuple, list)):
+        for i, v in enumerate(tree):
+            yield from _in_order(v, path + (i,))
+    elif tree is not None:
+        yield path, tree
+
+
+def _at(tree: Any, path: tuple) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
 
 
 def _fit(path: str, leaf: Any, spec: PartitionSpec, mesh: Mesh, strict: bool) -> PartitionSpec:
