@@ -71,7 +71,11 @@ def _jitted_forward(model: Layer) -> Callable[..., Any]:
     return _Checked(model.name, jax.jit(fwd, static_argnames="train"))
 
 
-_DEVICE_ARRAY = type(jnp.zeros(()))
+@functools.cache
+def _device_array() -> type:
+    # Found on first use, not at import: making an array starts JAX's backend,
+    # after which jax.distributed.initialize can no longer be called.
+    return type(jnp.zeros(()))
 
 
 class _Checked:
@@ -89,7 +93,7 @@ class _Checked:
     def __call__(self, params: Params, xs: Any, **kwargs: Any) -> Any:
         # A device array is 32-bit already; `type(...) is` costs less than
         # isinstance against jax.Array's ABC, on a path taken every call.
-        if type(xs) is not _DEVICE_ARRAY:
+        if type(xs) is not _device_array():
             check_int32(self._where, xs)
         if kwargs:
             return self._jitted(params, xs, **kwargs)
