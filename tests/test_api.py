@@ -33,6 +33,7 @@ PUBLIC = [
     "Identity",
     "init_cache",
     "init_state",
+    "initialize_distributed",
     "initializers",
     "LaminaError",
     "Layer",

@@ -42,6 +42,7 @@ from lamina._src.layers.stack import remat, stack
 from lamina._src.layers.tied import tied
 from lamina._src.layers.timesteps import Timesteps
 from lamina._src.layers.tokens import ClassToken, PositionEmbedding
+from lamina._src.train.distributed import initialize_distributed
 from lamina._src.train.fit import fit
 from lamina._src.train.sharding import shard_batch, shard_params
 from lamina._src.train.step import accuracy, evaluate, per_example_grads, train_step
@@ -88,6 +89,7 @@ __all__ = [
     "Identity",
     "init_cache",
     "init_state",
+    "initialize_distributed",
     "initializers",
     "LaminaError",
     "Layer",

@@ -33,6 +33,7 @@ from lamina._src.train.data import (
     check_targets,
     target_classes,
 )
+from lamina._src.train.distributed import all_processes_sum, every_process, rows
 from lamina._src.train.step import _per_example_loss, _unpack_batch
 
 
@@ -134,13 +135,19 @@ class ArrayFeed:
     one_pass = False
 
     def __init__(self, model: Layer, params: Any, loss_fn: Any, step: Any, data: Any,
-                 batch_size: Optional[int]):
+                 batch_size: Optional[int], mesh: Any = None):
         if batch_size is None:
             raise layer_error("fit", "batch_size is needed for (inputs, targets) arrays")
         self.inputs, self.targets = as_dataset("fit: train_data", data)
         check_params(model, params, examples.example_shape(self.inputs))
         check_targets("fit: train_data", model, self.inputs, self.targets)
         check_ids("fit: train_data", model, params, self.inputs)
+        self._local = (self.inputs, self.targets)
+        if mesh is not None:
+            # Each process holds its part of the data; together they are one
+            # data set, process 0's rows first, shuffled and batched as one.
+            self.inputs = rows("fit: train_data", self.inputs, mesh)
+            self.targets = rows("fit: train_data targets", self.targets, mesh)
         self.n = self.targets.shape[0]
         self.size = min(batch_size, self.n)
         # Padding would enter batch statistics, so a model with state drops the
@@ -155,7 +162,8 @@ class ArrayFeed:
     def describe(self) -> dict[str, Any]:
         return {"data": "arrays", "examples": self.n, "inputs": examples.spec(self.inputs),
                 "targets": examples.spec(self.targets), "batch_size": self.size,
-                "data_sha256": digest(*examples.leaves(self.inputs), self.targets)}
+                "data_sha256": every_process(digest(*examples.leaves(self._local[0]),
+                                                    self._local[1]))}
 
     def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
         """`(i, i)` for each batch `i` of the pass from `start` on: the step gathers it."""
@@ -222,7 +230,7 @@ class IterFeed:
     """
 
     def __init__(self, model: Layer, params: Any, loss_fn: Any, step: Any, data: Any,
-                 batch_size: Optional[int], epochs: Optional[int]):
+                 batch_size: Optional[int], epochs: Optional[int], mesh: Any = None):
         try:
             it = iter(data)
         except TypeError:
@@ -255,6 +263,7 @@ class IterFeed:
         self._ids = (model, params)  # to name an out-of-range id, batch by batch
         self._spec = {"inputs": examples.spec(inputs), "targets": examples.spec(targets)}
         self._first_digest = digest(*examples.leaves(inputs), targets)
+        self._mesh = mesh
         self._pending: Optional[tuple] = (it, first)  # the first pass goes on from here
         self._iter: Any = None
         self.steps = None  # batches per pass, where the iterable tells (only shown)
@@ -267,7 +276,7 @@ class IterFeed:
 
     def describe(self) -> dict[str, Any]:
         return {"data": "iterable", **self._spec, "batch_size": self.size,
-                "first_batch_sha256": self._first_digest}
+                "first_batch_sha256": every_process(self._first_digest)}
 
     def batches(self, shuffle_key: jax.Array, start: int, data_state: Any) -> Iterator:
         """`(i, batch)` for each batch `i` of the pass from `start` on; `batch` None if dropped."""
@@ -333,6 +342,11 @@ class IterFeed:
     def run(self, params, opt_state, state, i, batch, key):
         """One step on `batch`: `((params, opt_state, metrics, state), examples)`."""
         inputs, targets, weights, n = batch
+        if self._mesh is not None:  # this process's part of the batch: its own rows
+            where = f"fit: train_data batch {i}"
+            inputs, targets = rows(where, inputs, self._mesh), rows(where, targets, self._mesh)
+            weights = None if weights is None else rows(where, weights, self._mesh)
+            n = all_processes_sum(n)
         return self._step(params, opt_state, state, inputs, targets, weights, i, key), n
 
     def data_state(self) -> Any:

@@ -15,6 +15,7 @@ from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import forward
 from lamina._src.core.layer import Layer, Params, missing_state
 from lamina._src.train.data import as_dataset, check_targets
+from lamina._src.train.distributed import data_mesh, local, multiprocess, on_mesh, replicated
 from lamina._src.train.feed import ArrayFeed, IterFeed, is_arrays
 from lamina._src.train.resume import Checkpoints, Run, fingerprint
 from lamina._src.train.step import (
@@ -77,6 +78,13 @@ def fit(
     otherwise the interrupted pass is iterated again and the batches already
     used are skipped, which gives the same run only if the iterable yields
     the same batches again.
+
+    In a run of several processes (after `lm.initialize_distributed`), fit
+    trains data-parallel over every process's devices: each process passes
+    the same params and its own block of the training rows (the same number
+    in each), or an iterable yielding its own part of every batch, and the
+    whole evaluation set; the rows together, process 0's first, give the
+    run one process would make on them all. See the sharding how-to.
 
     Args:
       model: a `Layer`.
@@ -149,13 +157,22 @@ def fit(
     if deleted is not None:
         raise donated_error("fit", deleted)
     step = _make_step(model, loss_fn, optimizer)
+    mesh = None
+    if multiprocess():  # one run over every process's devices: params on all of them
+        mesh = data_mesh()
+        params = replicated("fit", "params", params, mesh)
+        state = None if state is None else replicated("fit", "model state", state, mesh)
+        key = _replicated_key(key, mesh)
     if is_arrays(train_data):
-        feed: Any = ArrayFeed(model, params, loss_fn, step, train_data, batch_size)
+        feed: Any = ArrayFeed(model, params, loss_fn, step, train_data, batch_size, mesh)
     else:
-        feed = IterFeed(model, params, loss_fn, step, train_data, batch_size, epochs)
+        feed = IterFeed(model, params, loss_fn, step, train_data, batch_size, epochs, mesh)
     evaluation = _eval_data(model, eval_data, metrics)
     params = jax.tree.map(jnp.copy, params)  # the step donates this copy, not the caller's
-    run = Run(params, optimizer.init(params), state, key)
+    opt_state = optimizer.init(params)
+    if mesh is not None:
+        opt_state = on_mesh(opt_state, mesh)
+    run = Run(params, opt_state, state, key)
     checkpoints = None
     if checkpoint_dir is not None:
         checkpoints = Checkpoints(checkpoint_dir, keep, fingerprint(model, run, feed.describe(), optimizer))
@@ -163,7 +180,9 @@ def fit(
     try:
         if checkpoints is not None:
             run = checkpoints.resume(run, resume)
-        bar = _Progress(progress, epochs, steps, feed.steps, run.step)
+        # One bar for the run, not one per process: the losses are the same everywhere.
+        bar = _Progress(progress and jax.process_index() == 0, epochs, steps, feed.steps,
+                        run.step)
         loop = _Loop(feed, forward(model), loss_fn, evaluation, epochs, steps, checkpoints,
                      checkpoint_every, bar)
         run = loop.train(run)
@@ -173,7 +192,15 @@ def fit(
             bar.close()
         if checkpoints is not None:
             checkpoints.close()
-    return (run.params, history) if state is None else (run.params, history, run.state)
+    params, state = local(run.params), local(run.state)
+    return (params, history) if state is None else (params, history, state)
+
+
+def _replicated_key(key: jax.Array, mesh: Any) -> jax.Array:
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
+        return replicated("fit", "keys", key, mesh)
+    data = replicated("fit", "keys", jax.random.key_data(key), mesh)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
 def _check_limits(epochs, steps, batch_size, checkpoint_every, keep) -> None:
@@ -251,7 +278,7 @@ class _Loop:
 
         Returns the last loss. Waits for the steps that computed them.
         """
-        values = jax.device_get([loss for _, loss, _ in self._pending])
+        values = jax.device_get(local([loss for _, loss, _ in self._pending]))
         last = float(values[-1]) if values else float("nan")
         for (i, _, n), value in zip(self._pending, values):
             if not np.isfinite(value):
@@ -289,8 +316,9 @@ class _Loop:
         history["train_loss"].append(run.loss_sum / max(run.examples, 1))
         if self.evaluation is not None:
             ev = self.evaluation
-            result = _evaluate(self.fwd, run.params, ev.inputs, ev.targets, self.loss_fn,
-                               self.feed.size, ev.metrics, run.state)
+            # Every process holds the whole evaluation set and evaluates it alone.
+            result = _evaluate(self.fwd, local(run.params), ev.inputs, ev.targets, self.loss_fn,
+                               self.feed.size, ev.metrics, local(run.state))
             for name, value in result.items():
                 history.setdefault(f"eval_{name}", []).append(value)
             self.bar.evaluated(result)

@@ -137,12 +137,14 @@ class Checkpoints:
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
         self._fingerprint = fingerprint
-        self._lock = _lock(self.directory)
+        # One lock per run: the processes of one multi-process run share the
+        # folder (orbax has each write its own part), so process 0 holds it.
+        self._lock = _lock(self.directory) if jax.process_index() == 0 else None
         self._keep = keep
         try:
             self._manager = self._open(ocp, keep)
         except BaseException:
-            self._lock.close()
+            self._unlock()
             raise
 
     def _open(self, ocp: Any, keep: int) -> Any:
@@ -274,6 +276,10 @@ class Checkpoints:
             self._manager.wait_until_finished()
             self._manager.close()
         finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
             self._lock.close()  # closing the file releases its lock
 
 

@@ -18,6 +18,7 @@ import re
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lamina._src.core.errors import layer_error
@@ -76,8 +77,14 @@ def shard_batch(xs: Any, mesh: Mesh) -> Any:
       ((8, 3), True)
     """
     _check_mesh("shard_batch", mesh, DATA)
-    n = mesh.shape[DATA]
     sharding = NamedSharding(mesh, PartitionSpec(DATA))
+    # A mesh over several processes: each gives its own rows, for its devices.
+    several = not sharding.is_fully_addressable
+    n = mesh.shape[DATA]
+    if several:  # the data axis's positions this process's devices hold
+        axis = mesh.axis_names.index(DATA)
+        n = len({at[axis] for at, device in np.ndenumerate(mesh.devices)
+                 if device.process_index == jax.process_index()})
 
     def place(path, x):
         shape = jax.numpy.shape(x)
@@ -87,8 +94,11 @@ def shard_batch(xs: Any, mesh: Mesh) -> Any:
             raise layer_error(
                 "shard_batch",
                 f"{where}: {got} cannot be split evenly over the {n} devices of "
-                f"the mesh's 'data' axis; use a batch size divisible by {n}",
+                f"the mesh's 'data' axis{' in this process' if several else ''}; use a batch "
+                f"size divisible by {n}",
             )
+        if several:
+            return jax.make_array_from_process_local_data(sharding, np.asarray(x))
         return jax.device_put(x, sharding)
 
     return jax.tree_util.tree_map_with_path(place, xs)
@@ -203,8 +213,16 @@ def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None, *,
     specs = {path_str(path): spec_of(path_str(path), _at(params, path), 0 if model is None else n)
              for path, n in _in_order(copies, ())}
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jax.device_put(leaf, NamedSharding(mesh, specs[path_str(path)])),
-        params)
+        lambda path, leaf: _put(leaf, NamedSharding(mesh, specs[path_str(path)])), params)
+
+
+def _put(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    """`leaf` placed by `sharding`; on a mesh over several processes, each process gives
+    the whole array (the same everywhere) and keeps its devices' parts."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _in_order(tree: Any, path: tuple) -> Iterator[tuple[tuple, Any]]:
