@@ -1,11 +1,12 @@
 """Two processes training by hand and by fit over iterables, run by tests/test_multiprocess.py.
 
-    python tests/multiprocess_step_script.py step|fit|differ PROCESS_ID PORT OUT
+    python tests/multiprocess_step_script.py step|fit|differ|short PROCESS_ID PORT OUT
 
 Each of two processes has 2 CPU devices. `step`: lm.train_step on a 2 x 2
 mesh ("data" across the processes, "model" within each); `fit`: lm.fit over
 a list of batches; `differ`: fit from different params in each process,
-which is refused. Every process feeds its own half of every batch; process
+which is refused; `short`: process 1's iterable ends early, which stops
+both. Every process feeds its own half of every batch; process
 0 writes the final params to OUT (.npz).
 """
 
@@ -54,6 +55,15 @@ def main(mode, process_id, port, out):
         try:
             lm.fit(model, other, opt, [(xs[half], ys[half]) for xs, ys in batches()], epochs=1,
                    key=jax.random.key(1), progress=False,
+                   loss_fn=optax.softmax_cross_entropy_with_integer_labels)
+        except lm.LaminaError as error:
+            print(f"refused: {error}", flush=True)
+            np.savez(out, np.zeros(1))
+        return
+    if mode == "short":  # process 1's iterable ends a batch early: both stop, named
+        mine = [(xs[half], ys[half]) for xs, ys in batches()][: 6 - process_id]
+        try:
+            lm.fit(model, params, opt, mine, epochs=1, key=jax.random.key(1), progress=False,
                    loss_fn=optax.softmax_cross_entropy_with_integer_labels)
         except lm.LaminaError as error:
             print(f"refused: {error}", flush=True)

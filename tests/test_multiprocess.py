@@ -132,7 +132,7 @@ def test_process_0_says_when_its_port_is_taken_and_bad_arguments_are_named():
         lm.initialize_distributed("localhost", 2, 0)
     with pytest.raises(ValueError, match=r"process_id must be below num_processes=2, got 2"):
         lm.initialize_distributed("127.0.0.1:1234", 2, 2)
-    with pytest.raises(TypeError, match=r"num_processes must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_processes must be an int >= 1, got 0"):
         lm.initialize_distributed("127.0.0.1:1234", 0, 0)
 
 
@@ -181,5 +181,12 @@ def test_fit_over_iterables_each_process_giving_half_of_every_batch(tmp_path):
 @pytest.mark.slow
 def test_fit_refuses_processes_that_start_from_different_params(tmp_path):
     first, _ = _by_hand("differ", tmp_path)
-    assert ("refused: fit: the params differ between processes: every process must start "
-            "from the same params") in first
+    assert ("refused: fit: the params differ between processes (those of process(es) [1] "
+            "are not process 0's): every process must pass the same params") in first
+
+
+@pytest.mark.slow
+def test_an_iterable_that_ends_early_in_one_process_stops_every_process(tmp_path):
+    first, _ = _by_hand("short", tmp_path)
+    assert ("refused: fit: train_data batch 5: process(es) [1] ran out of batches while the "
+            "others had more") in first

@@ -186,3 +186,24 @@ def test_megatron_rules_alternate_in_the_order_the_layers_run():
         assert placed["up"]["b"].sharding.spec == P("model")
         assert placed["down"]["W"].sharding.spec == P(None, "model")
         assert placed["down"]["b"].sharding.spec == P()
+
+
+def test_params_alone_of_a_named_model_ask_for_the_model_and_errors_name_the_layer():
+    model = lm.serial(attn=lm.MultiHeadAttention(2), head=lm.Dense(3))
+    _, params = model.init(jax.random.key(0), (5, 4))
+    # A dict of layers cannot be told from one layer's params: never guessed.
+    with pytest.raises(ValueError, match=r"Pass model= to name every layer's counterpart"):
+        lm.to_torch(params)
+    keys = list(lm.to_torch(params, model=model))
+    assert keys[:2] == ["attn.in_proj_weight", "attn.in_proj_bias"]
+    bad = {"attn": params["attn"], "head": {"W": params["head"]["W"].T, "b": params["head"]["b"]}}
+    with pytest.raises(ValueError, match=r"serial\[head\]"):
+        lm.check_params(model, bad, (5, 4))
+
+
+def test_names_are_distinct_and_tied_takes_positions():
+    with pytest.raises(TypeError, match=r"serial: needs one distinct name per layer, got names "
+                       r"\['a', 'a'\]"):
+        lm.serial.from_config({"layers": (lm.Dense(2), lm.Dense(2)), "names": ("a", "a")})
+    with pytest.raises(TypeError, match=r"tied: takes its layers by position, got \['norm'\]"):
+        lm.tied(lm.Embedding(5, 4), norm=lm.LayerNorm())

@@ -213,10 +213,9 @@ def _layer_at(model: Layer, expected: Params, input_shape: Shape, input_dtype: A
         steps = abstract_trace(model, expected, input_shape, input_dtype)
     except Exception:  # noqa: BLE001 - naming the layer is best effort only
         return "", model.name
-    index = tuple(p for p in path if isinstance(p, int))
     best = None
-    for step in steps:
-        if index[: len(step.index)] == step.index:
+    for step in steps:  # a position or, in a named model, a name: the path's own entries
+        if tuple(path[: len(step.index)]) == tuple(step.index):
             if best is None or len(step.index) > len(best.index):
                 best = step
     return ("", model.name) if best is None else (best.path, best.name)

@@ -367,18 +367,15 @@ def _tree_units(params: Any, state: Any, where: str) -> list[_Unit]:
                 units.append(_unit(path, "BatchNorm" if bn else "LayerNorm",
                                    {"scale": "weight", "offset": "bias"}, node,
                                    _BATCH_NORM_STATE if bn else {}, state))
-            elif all(isinstance(v, (Mapping, tuple, list)) for v in node.values()):
-                # A named combinator's params: one entry per child, matched by name.
-                for k, child in node.items():
-                    child_state = state.get(k) if isinstance(state, Mapping) else None
-                    walk(child, child_state, path + (k,))
             else:
                 raise layer_error(
                     where,
                     f"the params at {path_str(path) or '(root)'!r} (keys {sorted(keys)}) have "
                     f"no torch counterpart lamina can tell from the params alone; supported "
                     f"are Dense {{'W', 'b'}} (nn.Linear) and LayerNorm/BatchNorm "
-                    f"{{'scale', 'offset'}}. Pass model= to name every layer's counterpart",
+                    f"{{'scale', 'offset'}} (a dict of layers, as a named serial's, cannot be "
+                    f"told from one layer's params). Pass model= to name every layer's "
+                    f"counterpart",
                 )
         elif isinstance(node, (tuple, list)):
             for i, child in enumerate(node):

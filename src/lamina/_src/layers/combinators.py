@@ -89,9 +89,10 @@ class _Combinator(Builtin, init=False):
         layers, names = tuple(config["layers"]), tuple(config.get("names", ()))
         if not names:
             return cls(*layers)
-        if len(names) != len(layers):
+        if len(names) != len(layers) or len(set(names)) != len(names):
             raise layer_error(
-                cls.__name__, f"has {len(names)} names for {len(layers)} layers", TypeError)
+                cls.__name__, f"needs one distinct name per layer, got names {list(names)} for "
+                f"{len(layers)} layers", TypeError)
         return cls(**dict(zip(names, layers)))
 
     def _shown(self, show_layer) -> str:

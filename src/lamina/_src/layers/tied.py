@@ -52,7 +52,10 @@ class tied(serial, init=False):
       True
     """
 
-    def __init__(self, embedding: Embedding, *layers: Layer):
+    def __init__(self, embedding: Embedding, *layers: Layer, **named: Layer):
+        if named:  # the head reads the embedding as params[0]
+            raise layer_error(
+                "tied", f"takes its layers by position, got {sorted(named)} by name", TypeError)
         super().__init__(embedding, *layers)
         if not isinstance(embedding, Embedding):
             raise layer_error(

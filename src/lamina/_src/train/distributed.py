@@ -11,16 +11,18 @@ of its own devices.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import socket
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lamina._src.core.errors import layer_error
+from lamina._src.core.errors import LaminaError, layer_error
 from lamina._src.train import examples
 
 DATA = "data"
@@ -68,8 +70,10 @@ def initialize_distributed(coordinator: str, num_processes: int, process_id: int
     where = "initialize_distributed"
     host, port = _address(where, coordinator)
     for name, value, low in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if isinstance(value, bool) or not isinstance(value, int):
             raise layer_error(where, f"{name} must be an int >= {low}, got {value!r}", TypeError)
+        if value < low:
+            raise layer_error(where, f"{name} must be an int >= {low}, got {value!r}")
     if process_id >= num_processes:
         raise layer_error(
             where, f"process_id must be below num_processes={num_processes}, got {process_id}")
@@ -100,9 +104,13 @@ def _address(where: str, coordinator: Any) -> tuple[str, int]:
 def _check_free(where: str, host: str, port: int) -> None:
     """Process 0 is to listen at the port: say so now if something else holds it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As a server binds: a port an earlier run left in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind(("", port))  # the coordinator listens on every interface
         except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                return  # not ours to judge: jax reports what it meets
             raise layer_error(
                 where,
                 f"process 0 hosts the coordinator at {host}:{port}, but cannot listen there "
@@ -144,16 +152,25 @@ def replicated(where: str, what: str, tree: Any, mesh: Mesh) -> Any:
     """`tree` (the same on every process) as arrays replicated on every device of `mesh`.
 
     Raises, naming `where` and `what`, when the processes hold different
-    values: each would otherwise train its own model under one name.
+    values: each would otherwise train its own model under one name. Only
+    a hash of each process's values crosses between them.
     """
-    try:
-        multihost_utils.assert_equal(tree, f"{where}: {what} differ between processes")
-    except AssertionError:
+    mine = [a for a in jax.tree.leaves(tree)
+            if not (isinstance(a, jax.Array) and not a.is_fully_addressable)]
+    h = hashlib.sha256()
+    for a in mine:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    hashes = np.asarray(multihost_utils.process_allgather(
+        np.frombuffer(h.digest(), np.uint8))).reshape(jax.process_count(), -1)
+    differ = [i for i in range(len(hashes)) if not np.array_equal(hashes[i], hashes[0])]
+    if differ:
         raise layer_error(
             where,
-            f"the {what} differ between processes: every process must start from the same "
-            f"{what} (e.g. init params from the same key)",
-        ) from None
+            f"the {what} differ between processes (those of process(es) {differ} are not "
+            f"process 0's): every process must pass the same {what}",
+        )
     return on_mesh(tree, mesh)
 
 
@@ -175,13 +192,13 @@ def on_mesh(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, tree)
 
 
-def rows(where: str, tree: Any, mesh: Mesh) -> Any:
+def rows(where: str, tree: Any, mesh: Mesh, what: str = "inputs") -> Any:
     """This process's rows of a batch (or data set) as its part of one array over `mesh`.
 
     Every process must give the same number of rows; process 0's come
     first, then process 1's, and so on.
     """
-    counts = multihost_utils.process_allgather(np.int64(examples.count(where, tree)))
+    counts = multihost_utils.process_allgather(np.int64(examples.count(where, tree, what)))
     counts = [int(c) for c in np.ravel(counts)]
     if len(set(counts)) != 1:
         raise layer_error(
@@ -195,17 +212,23 @@ def rows(where: str, tree: Any, mesh: Mesh) -> Any:
             where,
             f"each process's {counts[0]} examples must split evenly over its {local} devices",
         )
-    sharding = NamedSharding(mesh, PartitionSpec(DATA))
     return examples.tmap(
-        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+        lambda a: jax.make_array_from_process_local_data(split_rows(mesh), np.asarray(a)), tree)
+
+
+def split_rows(mesh: Mesh) -> NamedSharding:
+    """Axis 0 split over the mesh's data axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA))
 
 
 def local(tree: Any) -> Any:
-    """This process's copy of replicated arrays (left alone when not spanning processes)."""
+    """This process's copy of arrays that span processes, whole (others are left alone)."""
     def one(a):
-        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return a
+        if a.is_fully_replicated:
             return a.addressable_data(0)
-        return a
+        return jax.numpy.asarray(multihost_utils.process_allgather(a, tiled=True))
 
     return jax.tree.map(one, tree)
 
@@ -222,3 +245,30 @@ def every_process(text: str) -> str:
 def all_processes_sum(n: int) -> int:
     """`n` summed over the processes."""
     return int(np.sum(multihost_utils.process_allgather(np.int64(n))))
+
+
+def agreed(where: str, make: Callable[[], Any]) -> Any:
+    """`make()`, in every process or in none: an error in one process stops them all.
+
+    A process that raised alone would leave the others waiting for it in the
+    next collective. Several processes: each says whether `make` succeeded;
+    the ones that failed raise their own error, the others an error naming
+    them. One process: `make()` as it is.
+    """
+    if not multiprocess():
+        return make()
+    error: Optional[LaminaError] = None
+    try:
+        made = make()
+    except LaminaError as raised:
+        error = raised
+    failed = np.ravel(multihost_utils.process_allgather(np.int32(error is not None)))
+    if error is not None:
+        raise error
+    if failed.any():
+        raise layer_error(
+            where,
+            f"process(es) {[int(i) for i in np.flatnonzero(failed)]} stopped with an error "
+            f"(see their output), so this process stops too",
+        )
+    return made

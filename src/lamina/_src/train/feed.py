@@ -19,9 +19,10 @@ from typing import Any, Iterator, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lamina._src.core.checks import check_int32
-from lamina._src.core.errors import layer_error
+from lamina._src.core.errors import LaminaError, layer_error
 from lamina._src.core.forward import apply_batch, apply_batch_state
 from lamina._src.core.layer import Layer
 from lamina._src.core.params import check_params
@@ -33,7 +34,7 @@ from lamina._src.train.data import (
     check_targets,
     target_classes,
 )
-from lamina._src.train.distributed import all_processes_sum, every_process, rows
+from lamina._src.train.distributed import all_processes_sum, every_process, rows, split_rows
 from lamina._src.train.step import _per_example_loss, _unpack_batch
 
 
@@ -135,7 +136,7 @@ class ArrayFeed:
     one_pass = False
 
     def __init__(self, model: Layer, params: Any, loss_fn: Any, step: Any, data: Any,
-                 batch_size: Optional[int], mesh: Any = None):
+                 batch_size: Optional[int]):
         if batch_size is None:
             raise layer_error("fit", "batch_size is needed for (inputs, targets) arrays")
         self.inputs, self.targets = as_dataset("fit: train_data", data)
@@ -143,11 +144,6 @@ class ArrayFeed:
         check_targets("fit: train_data", model, self.inputs, self.targets)
         check_ids("fit: train_data", model, params, self.inputs)
         self._local = (self.inputs, self.targets)
-        if mesh is not None:
-            # Each process holds its part of the data; together they are one
-            # data set, process 0's rows first, shuffled and batched as one.
-            self.inputs = rows("fit: train_data", self.inputs, mesh)
-            self.targets = rows("fit: train_data targets", self.targets, mesh)
         self.n = self.targets.shape[0]
         self.size = min(batch_size, self.n)
         # Padding would enter batch statistics, so a model with state drops the
@@ -155,9 +151,22 @@ class ArrayFeed:
         scalar = _returns_scalar(model, params, loss_fn, examples.head(self.inputs, self.size),
                                  self.targets[: self.size])
         self.masked = not model.stateful and not scalar
-        self.steps = math.ceil(self.n / self.size) if self.masked else self.n // self.size
-        self._step = _jit_array_step(step)
+        self._batch_size, self._train_step = batch_size, step
+        self._batches(None)
         self._order: Any = None
+
+    def _batches(self, mesh: Any) -> None:
+        self.steps = math.ceil(self.n / self.size) if self.masked else self.n // self.size
+        self._step = _jit_array_step(self._train_step, mesh)
+
+    def spread(self, mesh: Any) -> None:
+        """Several processes: each one's rows become its part of one data set over `mesh`,
+        process 0's rows first, shuffled and batched as one (a collective: all call it)."""
+        self.inputs = rows("fit: train_data", self.inputs, mesh)
+        self.targets = rows("fit: train_data", self.targets, mesh, "targets")
+        self.n = self.targets.shape[0]
+        self.size = min(self._batch_size, self.n)
+        self._batches(mesh)
 
     def describe(self) -> dict[str, Any]:
         return {"data": "arrays", "examples": self.n, "inputs": examples.spec(self.inputs),
@@ -185,13 +194,14 @@ class ArrayFeed:
         return None
 
 
-def _jit_array_step(step):
+def _jit_array_step(step, mesh=None):
     """The array feed's step: gathers batch i of the pass on the device, in one dispatch.
 
     `order` is the pass's shuffled indices padded to `steps * batch_size`;
     `real` how many of them are examples. Slicing, gathering, masking the
     padding and deriving the step's dropout key all happen inside the jitted
-    function.
+    function. Over a `mesh` of several processes the gathered batch is split
+    over its devices, so each computes its part (data parallel).
     """
 
     def array_step(params, opt_state, state, inputs, targets, order, real, i, key, masked):
@@ -201,6 +211,8 @@ def _jit_array_step(step):
         if masked:
             weights = (i * batch_size + jnp.arange(batch_size) < real).astype(jnp.float32)
         batch = (examples.take(inputs, idx), jnp.take(targets, idx, axis=0))
+        if mesh is not None and batch_size % mesh.size == 0:
+            batch = jax.lax.with_sharding_constraint(batch, split_rows(mesh))
         out = step(params, opt_state, batch, key=jax.random.fold_in(key, i), weights=weights,
                    state=state)
         return out if state is not None else out + (None,)
@@ -263,7 +275,7 @@ class IterFeed:
         self._ids = (model, params)  # to name an out-of-range id, batch by batch
         self._spec = {"inputs": examples.spec(inputs), "targets": examples.spec(targets)}
         self._first_digest = digest(*examples.leaves(inputs), targets)
-        self._mesh = mesh
+        self._mesh = mesh  # several processes: each gives its own part of every batch
         self._pending: Optional[tuple] = (it, first)  # the first pass goes on from here
         self._iter: Any = None
         self.steps = None  # batches per pass, where the iterable tells (only shown)
@@ -294,9 +306,47 @@ class IterFeed:
         else:
             for _ in range(start):  # replays the pass up to where the run stopped
                 if next(source, None) is None:
-                    return
-        for i, batch in enumerate(source, start):
-            yield i, self._prepare(i, batch)
+                    break  # then no batch follows (several processes: agreed below)
+        if self._mesh is None:
+            for i, batch in enumerate(source, start):
+                yield i, self._prepare(i, batch)
+            return
+        yield from self._agreed(source, start)
+
+    def _agreed(self, source: Iterator, start: int) -> Iterator:
+        """Several processes: the batches every process has, prepared or dropped alike.
+
+        Each step the processes say whether they have a batch and whether it
+        is short or refused, before any of them runs the step, so that none
+        waits for another that has stopped or dropped its part.
+        """
+        DONE, RUN, DROP, BAD = 0, 1, 2, 3
+        for i in itertools.count(start):
+            batch = next(source, None)
+            prepared, error, status = None, None, DONE
+            if batch is not None:
+                try:
+                    prepared = self._prepare(i, batch)
+                    status = RUN if prepared is not None else DROP
+                except LaminaError as raised:
+                    error, status = raised, BAD
+            every = [int(v) for v in np.ravel(multihost_utils.process_allgather(np.int32(status)))]
+            if error is not None:
+                raise error
+            if BAD in every:
+                raise layer_error(
+                    f"fit: train_data batch {i}",
+                    f"process(es) {[k for k, v in enumerate(every) if v == BAD]} refused "
+                    f"their part of this batch (see their output), so this process stops too")
+            if DONE in every and set(every) != {DONE}:
+                raise layer_error(
+                    f"fit: train_data batch {i}",
+                    f"process(es) {[k for k, v in enumerate(every) if v == DONE]} ran out of "
+                    f"batches while the others had more: every process's iterable must yield "
+                    f"the same number of batches, each its part of every batch")
+            if DONE in every:
+                return
+            yield i, prepared if DROP not in every else None
 
     def _arrays(self, i: int, batch: Any) -> tuple[Any, Any]:
         where = f"fit: train_data batch {i}"
@@ -350,7 +400,13 @@ class IterFeed:
         return self._step(params, opt_state, state, inputs, targets, weights, i, key), n
 
     def data_state(self) -> Any:
-        """The pass iterator's own state, JSON-ready, where it has one (grain); else None."""
+        """The pass iterator's own state, JSON-ready, where it has one (grain); else None.
+
+        Several processes: None, since a checkpoint's record is process 0's
+        alone; a resumed run replays the pass in every process instead.
+        """
+        if self._mesh is not None:
+            return None
         get = getattr(self._iter, "get_state", None)
         if not callable(get) or not callable(getattr(self._iter, "set_state", None)):
             return None

@@ -15,7 +15,14 @@ from lamina._src.core.errors import layer_error
 from lamina._src.core.forward import forward
 from lamina._src.core.layer import Layer, Params, missing_state
 from lamina._src.train.data import as_dataset, check_targets
-from lamina._src.train.distributed import data_mesh, local, multiprocess, on_mesh, replicated
+from lamina._src.train.distributed import (
+    agreed,
+    data_mesh,
+    local,
+    multiprocess,
+    on_mesh,
+    replicated,
+)
 from lamina._src.train.feed import ArrayFeed, IterFeed, is_arrays
 from lamina._src.train.resume import Checkpoints, Run, fingerprint
 from lamina._src.train.step import (
@@ -163,11 +170,18 @@ def fit(
         params = replicated("fit", "params", params, mesh)
         state = None if state is None else replicated("fit", "model state", state, mesh)
         key = _replicated_key(key, mesh)
-    if is_arrays(train_data):
-        feed: Any = ArrayFeed(model, params, loss_fn, step, train_data, batch_size, mesh)
-    else:
-        feed = IterFeed(model, params, loss_fn, step, train_data, batch_size, epochs, mesh)
-    evaluation = _eval_data(model, eval_data, metrics)
+
+    def checked() -> tuple[Any, Optional[_EvalData]]:
+        if is_arrays(train_data):
+            feed: Any = ArrayFeed(model, params, loss_fn, step, train_data, batch_size)
+        else:
+            feed = IterFeed(model, params, loss_fn, step, train_data, batch_size, epochs, mesh)
+        return feed, _eval_data(model, eval_data, metrics)
+
+    # Each process checks its own data: one refusing it must stop the others too.
+    feed, evaluation = agreed("fit", checked)
+    if mesh is not None and isinstance(feed, ArrayFeed):
+        feed.spread(mesh)
     params = jax.tree.map(jnp.copy, params)  # the step donates this copy, not the caller's
     opt_state = optimizer.init(params)
     if mesh is not None:
@@ -180,9 +194,7 @@ def fit(
     try:
         if checkpoints is not None:
             run = checkpoints.resume(run, resume)
-        # One bar for the run, not one per process: the losses are the same everywhere.
-        bar = _Progress(progress and jax.process_index() == 0, epochs, steps, feed.steps,
-                        run.step)
+        bar = _Progress(progress, epochs, steps, feed.steps, run.step)
         loop = _Loop(feed, forward(model), loss_fn, evaluation, epochs, steps, checkpoints,
                      checkpoint_every, bar)
         run = loop.train(run)
@@ -348,10 +360,12 @@ class _Progress:
     def __init__(self, enabled: bool, epochs: Optional[int], steps: Optional[int],
                  per_pass: Optional[int], done: int):
         self.epochs, self.per_pass = epochs, per_pass
+        # Every process checks the losses on the same steps (it raises on the
+        # same one), but one bar serves the run: process 0's.
         self.enabled = enabled
         self._bar: Any = None
         self._examples, self._start = 0, time.perf_counter()
-        if enabled:
+        if enabled and jax.process_index() == 0:
             from tqdm.auto import tqdm
 
             total = steps
@@ -365,6 +379,8 @@ class _Progress:
             self._bar.update(1)
 
     def show(self, epoch: int, i: int, loss: float) -> None:
+        if self._bar is None:
+            return
         epochs = f"/{self.epochs}" if self.epochs is not None else ""
         per_pass = f"/{self.per_pass}" if self.per_pass is not None else ""
         rate = self._examples / max(time.perf_counter() - self._start, 1e-9)

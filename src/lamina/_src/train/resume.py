@@ -29,6 +29,7 @@ import numpy as np
 
 from lamina._src.core.errors import LaminaError, layer_error
 from lamina._src.core.layer import Layer
+from lamina._src.train.distributed import agreed
 from lamina._src.version import __version__
 
 
@@ -139,7 +140,8 @@ class Checkpoints:
         self._fingerprint = fingerprint
         # One lock per run: the processes of one multi-process run share the
         # folder (orbax has each write its own part), so process 0 holds it.
-        self._lock = _lock(self.directory) if jax.process_index() == 0 else None
+        self._lock = agreed("fit", lambda: _lock(self.directory)
+                            if jax.process_index() == 0 else None)
         self._keep = keep
         try:
             self._manager = self._open(ocp, keep)
@@ -165,7 +167,7 @@ class Checkpoints:
           ValueError: the latest checkpoint is of a different run, or
             `resume=False` and the folder already holds checkpoints.
         """
-        self._check_room(run)
+        agreed("fit", lambda: self._check_room(run))
         step = self.latest()
         if step is None:
             return run

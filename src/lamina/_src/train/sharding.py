@@ -203,17 +203,23 @@ def shard_params(params: Params, mesh: Mesh, rules: Optional[Rules] = None, *,
             spec = PartitionSpec(*([None] * copies), *spec)
         return _fit(path, leaf, spec, mesh, strict)
 
-    copies = params
+    copies = jax.tree.map(lambda _: 0, params)
     if model is not None:
         check_layer_type("shard_params", model)
         copies = stacked_axes(model, params)
     # The rules see the leaves in the order the layers run (a stateful rule
     # alternates rows and columns), not jax's flattening order, which sorts a
-    # named model's dict keys.
-    specs = {path_str(path): spec_of(path_str(path), _at(params, path), 0 if model is None else n)
-             for path, n in _in_order(copies, ())}
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _put(leaf, NamedSharding(mesh, specs[path_str(path)])), params)
+    # named model's dict keys: the model's order, or the params' own as built.
+    rank = {path_str(path): k for k, (path, _) in enumerate(_in_order(
+        copies if model is not None else params, ()))}
+    flat, tree = jax.tree_util.tree_flatten_with_path(params)
+    counts = jax.tree.leaves(copies)
+    order = sorted(range(len(flat)), key=lambda j: rank.get(path_str(flat[j][0]), len(rank) + j))
+    specs: dict[int, PartitionSpec] = {}
+    for j in order:
+        specs[j] = spec_of(path_str(flat[j][0]), flat[j][1], counts[j])
+    return jax.tree_util.tree_unflatten(
+        tree, [_put(leaf, NamedSharding(mesh, specs[j])) for j, (_, leaf) in enumerate(flat)])
 
 
 def _put(leaf: Any, sharding: NamedSharding) -> jax.Array:
@@ -236,11 +242,6 @@ def _in_order(tree: Any, path: tuple) -> Iterator[tuple[tuple, Any]]:
     elif tree is not None:
         yield path, tree
 
-
-def _at(tree: Any, path: tuple) -> Any:
-    for k in path:
-        tree = tree[k]
-    return tree
 
 
 def _fit(path: str, leaf: Any, spec: PartitionSpec, mesh: Mesh, strict: bool) -> PartitionSpec:
