@@ -123,6 +123,10 @@ def test_inserting_a_layer_renumbers_nothing(tmp_path):
     np.testing.assert_array_equal(loaded["out"]["W"], old["out"]["W"])
     x = jnp.arange(4.0)
     np.testing.assert_allclose(after.apply(loaded, x), before.apply(old, x), rtol=1e-6)
+    rules = {r"hidden\..*": "frozen", r"out\.W": "decay"}
+    want = {"hidden": {"W": "frozen", "b": "frozen"}, "out": {"W": "decay", "b": "plain"}}
+    assert lm.param_labels(old, rules, "plain") == want
+    assert lm.param_labels(loaded, rules, "plain") == {**want, "drop": ()}  # the same rules still fit
 
 
 def test_saves_and_rebuilds_and_replace_can_name_a_model(tmp_path):

@@ -6,6 +6,7 @@ params before the fault, never lamina's own output for the same call.
 """
 
 import random
+import re
 
 import jax
 import jax.numpy as jnp
@@ -397,8 +398,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
     for f in files:
         f.write_bytes(f.read_bytes()[:10])
     (directory / "9").mkdir()
-    with pytest.warns(RuntimeWarning, match=r"checkpoint step 6 .* is damaged"):
+    with pytest.warns(RuntimeWarning) as caught:
         resumed = _run(directory, epochs=3, checkpoint_every=3)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 3, said
+    assert re.search(r"checkpoint step 9 .* is damaged", said[0])
+    assert re.search(r"checkpoint step 6 .* is damaged", said[1])
+    assert re.search(r"resumed from step 3 .*, the newest intact checkpoint", said[2])
     same = [np.asarray(a).tobytes() == np.asarray(b).tobytes()
             for a, b in zip(jax.tree.leaves(resumed[0]), jax.tree.leaves(whole[0]))]
     assert all(same)
