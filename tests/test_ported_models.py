@@ -476,18 +476,29 @@ class _ResnetBlock(nn.Module):
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
-class _AttnBlock(nn.Module):
-    """Self-attention over the pixels, residual, after a group norm."""
+class _Attention(nn.Module):
+    """diffusers' Attention as a UNet2DModel's middle holds it: group norm, separate q, k and v.
+
+    lamina's MultiHeadAttention packs q, k and v in one `in_proj_weight`,
+    as torch's does: UNET_KEYS joins the three with "part" layouts.
+    """
 
     def __init__(self, channels, heads, groups):
         super().__init__()
+        self.heads = heads
         self.group_norm = nn.GroupNorm(groups, channels)
-        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels), nn.Dropout(0.0)])
 
     def forward(self, x):
         n, c, hh, ww = x.shape
         h = self.group_norm(x).reshape(n, c, hh * ww).transpose(1, 2)
-        h = self.attn(h, h, h, need_weights=False)[0]
+        q, k, v = (f(h).reshape(n, hh * ww, self.heads, -1).transpose(1, 2)
+                   for f in (self.to_q, self.to_k, self.to_v))
+        h = nn.functional.scaled_dot_product_attention(q, k, v)
+        h = self.to_out[1](self.to_out[0](h.transpose(1, 2).reshape(n, hh * ww, c)))
         return x + h.transpose(1, 2).reshape(n, c, hh, ww)
 
 
@@ -502,7 +513,7 @@ class _UNet(nn.Module):
         self.down = _ResnetBlock(c, c, 4 * c, groups)
         self.downsample = nn.Conv2d(c, c, 3, stride=2, padding=1)
         self.mid1 = _ResnetBlock(c, 2 * c, 4 * c, groups)
-        self.mid_attn = _AttnBlock(2 * c, heads, groups)
+        self.mid_attn = _Attention(2 * c, heads, groups)
         self.mid2 = _ResnetBlock(2 * c, 2 * c, 4 * c, groups)
         self.upsample_conv = nn.Conv2d(2 * c, 2 * c, 3, padding=1)
         self.up = _ResnetBlock(3 * c, c, 4 * c, groups)
@@ -558,6 +569,12 @@ def unet(c, groups, heads, size):
         lm.Select(0), lm.GroupNorm(groups), lm.Activation("silu"), lm.Conv(1, 3, padding=1))
 
 
+UNET_KEYS = [(r"\.to_q\.(weight|bias)$", r".attn.in_proj_\1", "part 0/3"),
+             (r"\.to_k\.(weight|bias)$", r".attn.in_proj_\1", "part 1/3"),
+             (r"\.to_v\.(weight|bias)$", r".attn.in_proj_\1", "part 2/3"),
+             (r"\.to_out\.0\.", ".attn.out_proj.")]
+
+
 def test_ddpm_unet_equals_torchs_and_rebuilds_from_a_file(tmp_path):
     torch.manual_seed(4)
     net = _UNet(c=16, groups=4, heads=2).eval()
@@ -568,7 +585,7 @@ def test_ddpm_unet_equals_torchs_and_rebuilds_from_a_file(tmp_path):
                 module.bias.uniform_(-0.5, 0.5)
     model = unet(c=16, groups=4, heads=2, size=8)
     shapes = ((1, 8, 8), ())
-    params = lm.from_torch(net.state_dict(), like=(model, shapes))
+    params = lm.from_torch(net.state_dict(), like=(model, shapes), key_map=UNET_KEYS)
     assert lm.summary(model, shapes, show=False).params == sum(p.numel() for p in net.parameters())
     rng = np.random.default_rng(4)
     xs = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
@@ -581,4 +598,4 @@ def test_ddpm_unet_equals_torchs_and_rebuilds_from_a_file(tmp_path):
     net(x, torch.as_tensor(ts[:1]))[0, 0, 3, 4].backward()
     grad = jax.grad(lambda a: model.apply(params, (a, ts[0]))[0, 3, 4])(xs[0])
     np.testing.assert_allclose(np.asarray(grad), x.grad[0].numpy(), atol=1e-4, rtol=1e-4)
-    _round_trips(model, params, net, tmp_path, (xs, ts), got)
+    _round_trips(model, params, net, tmp_path, (xs, ts), got, key_map=UNET_KEYS)

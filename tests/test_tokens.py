@@ -127,6 +127,61 @@ def test_a_layout_that_does_not_fit_is_refused_not_applied():
                     key_map=[("weight", "weight", "unsqueeze")])
 
 
+class _SeparateQKV(nn.Module):
+    """Attention with q, k and v projected apart, as diffusers' Attention holds them."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim) for _ in range(3))
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+
+    def forward(self, x):
+        n, length, dim = x.shape
+        q, k, v = (f(x).reshape(n, length, self.heads, -1).transpose(1, 2)
+                   for f in (self.to_q, self.to_k, self.to_v))
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.to_out[0](out.transpose(1, 2).reshape(n, length, dim))
+
+
+QKV_KEYS = [(r"^to_q\.(weight|bias)$", r"in_proj_\1", "part 0/3"),
+            (r"^to_k\.(weight|bias)$", r"in_proj_\1", "part 1/3"),
+            (r"^to_v\.(weight|bias)$", r"in_proj_\1", "part 2/3"),
+            (r"^to_out\.0\.", "out_proj.")]
+
+
+def test_parts_join_separate_projections_into_one_packed_tensor_and_split_back():
+    torch.manual_seed(0)
+    net = _SeparateQKV(8, 2).eval()
+    state = net.state_dict()
+    shuffled = {k: state[k] for k in ("to_v.weight", "to_out.0.weight", "to_k.bias", "to_q.weight",
+                                      "to_q.bias", "to_v.bias", "to_k.weight", "to_out.0.bias")}
+    model = lm.MultiHeadAttention(2)
+    params = lm.from_torch(shuffled, like=(model, (5, 8)), key_map=QKV_KEYS)
+    want = torch.cat([state["to_q.weight"], state["to_k.weight"], state["to_v.weight"]]).numpy()
+    np.testing.assert_array_equal(params["qkv"]["W"], want)  # q, k, v in part order
+    x = _randn(3, 5, 8)
+    with torch.no_grad():
+        expected = net(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(lm.forward(model)(params, x)), expected,
+                               atol=1e-5, rtol=1e-5)
+    back = lm.to_torch(params, like=state, model=model, key_map=QKV_KEYS)
+    assert list(back) == list(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+    by_keys = lm.to_torch(params, like=list(state), model=model, key_map=QKV_KEYS)  # equal split
+    np.testing.assert_array_equal(by_keys["to_k.weight"], state["to_k.weight"].numpy())
+
+
+def test_parts_that_cannot_be_split_back_are_refused():
+    _, params = lm.Dense(3).init(jax.random.key(0), (2,))
+    with pytest.raises(ValueError, match=r"to_torch \(keys after key_map\): key_map splits a "
+                                         r"lamina tensor of shape \(3, 2\) into 2 parts along "
+                                         r"its first axis \('a', 'b'\), which it cannot be"):
+        lm.to_torch(params, like=["a", "b", "bias"], model=lm.Dense(3),
+                    key_map=[("^a$", "weight", "part 0/2"), ("^b$", "weight", "part 1/2")])
+
+
 @pytest.mark.parametrize("key_map, error, message", [
     ([("0", "x"), ("2", "x")], ValueError, r"key_map maps both '0.weight' and '2.weight' to "
                                             r"'x.weight'"),
@@ -134,12 +189,28 @@ def test_a_layout_that_does_not_fit_is_refused_not_applied():
     ({"0": "1"}, TypeError, r"key_map must be a function of a torch key or a list of "
                             r"\(pattern, replacement\) or \(pattern, replacement, layout\) rules"),
     ([("0", "1", "flip")], TypeError, r"key_map must be .* rules \(replacement None drops the "
-                                      r"key\), layout in \('transpose', 'unsqueeze'\), got "
-                                      r"\[\('0', '1', 'flip'\)\]"),
+                                      r"key\), layout in \('transpose', 'unsqueeze', 'part I/N'\), "
+                                      r"got \[\('0', '1', 'flip'\)\]"),
     (lambda key: 3, TypeError, r"key_map\('0.weight'\) must return a str, a \(str, layout\) "
-                               r"pair with layout in \('transpose', 'unsqueeze'\), or None, got 3"),
+                               r"pair with layout in \('transpose', 'unsqueeze', 'part I/N'\), "
+                               r"or None, got 3"),
+    ([("0.weight", "w", "part 0/2"), ("0.bias", "w", "part 2/2")], TypeError,
+     r"key_map must be .* layout in .* got \[\('0.weight', 'w', 'part 0/2'\), \('0.bias', 'w', 'part 2/2'\)\]"),
+    ([("^0", "2", "part 0/2")], ValueError, r"key_map maps both '0.weight' and '2.weight' to "
+                                            r"'2.weight' \(only parts may share a key\)"),
+    ([("0.weight", "x", "part 0/2"), ("0.bias", "x", "part 0/2")], ValueError,
+     r"key_map gives '0.bias' the layout 'part 0/2', but 'x' already has that part: "
+     r"\['0.weight'\]"),
+    ([("0.weight", "x", "part 0/2"), ("0.bias", "x", "part 1/3")], ValueError,
+     r"key_map gives '0.bias' the layout 'part 1/3', but 'x' already has 2 parts"),
+    ([("0.weight", "x", "part 1/3"), ("0.bias", "x", "part 0/3")], ValueError,
+     r"key_map gives 'x' parts \[0, 1\] of 3, but no key for part 2"),
+    ([("0.weight", "x", "part 0/2"), ("^0.bias", "x", "part 1/2")], ValueError,
+     r"key_map joins '0.weight', '0.bias' along their first axis, but their shapes "
+     r"\[\(2, 2\), \(2,\)\] differ after it"),
 ])
 def test_bad_key_maps_are_refused(key_map, error, message):
-    state = {k: np.ones((2, 2), np.float32) for k in ("0.weight", "0.bias", "2.weight")}
+    state = {k: np.ones(shape, np.float32)
+             for k, shape in (("0.weight", (2, 2)), ("0.bias", (2,)), ("2.weight", (2, 2)))}
     with pytest.raises(error, match=r"from_torch: " + message):
         lm.from_torch(state, like=(lm.mlp([2, 2]), (2,)), key_map=key_map)

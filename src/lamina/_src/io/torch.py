@@ -89,7 +89,11 @@ def from_torch(
         `"transpose"` (Hugging Face's `Conv1D` keeps `(in, out)` where
         `nn.Linear` keeps `(out, in)`) or `"unsqueeze"` (a tensor without
         the leading axis of one of lamina's torch name, e.g. GPT-2's
-        `wpe.weight` as a `PositionEmbedding`'s `pos_embedding`).
+        `wpe.weight` as a `PositionEmbedding`'s `pos_embedding`). Several
+        keys mapped to one with layouts `"part 0/N"` ... `"part N-1/N"` are
+        joined along the first axis in part order (diffusers' `to_q`,
+        `to_k`, `to_v` as attention's packed `in_proj_weight`), and
+        `to_torch` splits them again.
 
     Returns:
       A params tree shaped like `like`, leaves as `jax.Array` in `like`'s
@@ -115,9 +119,9 @@ def from_torch(
     where, torch = _read_torch(state_dict)
     if key_map is not None:
         renamed = renamed_keys(torch, key_map, where)
-        where += " (keys after key_map)"
-        torch = {new: to_lamina_layout(torch[renamed[new].key], renamed[new].layout)
+        torch = {new: to_lamina_layout([torch[k] for k in renamed[new].keys], renamed[new], where)
                  for new in module_order(renamed)}
+        where += " (keys after key_map)"
     model = None
     if isinstance(like, tuple) and len(like) == 2 and isinstance(like[0], Layer):
         model, input_shape = like
@@ -222,11 +226,13 @@ def to_torch(
             where, f"like must be a torch state dict or a list of its keys, got {like!r}", TypeError
         )
     shapes = {k: tuple(v.shape) for k, v in like.items()} if isinstance(like, Mapping) else {}
+    torch_shapes = shapes
     keys = renamed_keys(like, key_map, where) if key_map is not None else {
-        k: Renamed(k, None) for k in like}
+        k: Renamed((k,), None) for k in like}
     if key_map is not None:
-        shapes = {new: tuple(to_lamina_layout(np.empty(shapes[old], np.bool_), layout).shape)
-                  for new, (old, layout) in keys.items() if old in shapes}
+        shapes = {new: np.shape(to_lamina_layout([np.empty(shapes[k], np.bool_)
+                                                  for k in renamed.keys], renamed, where))
+                  for new, renamed in keys.items() if all(k in shapes for k in renamed.keys)}
         where += " (keys after key_map)"
     values = {}
     for unit, names in _match(units, module_order(keys), where):
@@ -240,9 +246,10 @@ def to_torch(
                     f"{transposed_hint(shapes[torch_key], value.shape)}",
                 )
             values[torch_key] = value
-    new_key = {old: new for new, (old, _) in keys.items()}
-    return {k: to_torch_layout(values[new_key[k]], keys[new_key[k]].layout, k, where)
-            for k in like if k in new_key}
+    out: dict[str, np.ndarray] = {}
+    for new, renamed in keys.items():
+        out.update(to_torch_layout(values[new], renamed, torch_shapes, where))
+    return {k: out[k] for k in like if k in out}
 
 
 def _read_torch(state_dict: Any) -> tuple[str, dict[str, np.ndarray]]:
