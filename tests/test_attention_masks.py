@@ -149,6 +149,9 @@ def test_encoder_layer_masks_equal_torch(case, norm_first):
 def test_encoder_layer_with_masks_passes_check_layer_and_its_errors_name_it():
     layer = lm.TransformerEncoderLayer(H, 16, causal=True)
     lm.testing.check_layer(layer, {"src": (4, D), "src_mask": (4, 4)})
+    shapes = {"src": (4, D), "src_mask": (4, 4), "src_key_padding_mask": (4,)}
+    masks = {"src": jnp.float32, "src_mask": jnp.bool_, "src_key_padding_mask": jnp.bool_}
+    lm.testing.check_layer(lm.TransformerEncoderLayer(H, 16), shapes, input_dtype=masks)
     with pytest.raises(ValueError, match=r"expects an array \(T, D\) or a dict with 'src' \(T, D\) "
                                          r"and optionally 'src_mask' \(T, T\) and "
                                          r"'src_key_padding_mask' \(T,\); got input shape"):

@@ -577,6 +577,69 @@ def test_bad_input_dtype_or_int_high(kwargs, error, pattern):
         testing.check_layer(_embedding(), (5,), **kwargs)
 
 
+def _masked_softmax(scores, mask):
+    return jax.nn.softmax(jnp.where(mask, -jnp.inf, scores), axis=-1)
+
+
+def test_bool_masks_are_drawn_as_torch_masks_and_never_mask_a_whole_row():
+    seen = []
+
+    def apply(p, x, *, key=None):
+        seen.append(x["mask"])
+        return _masked_softmax(x["scores"], x["mask"])  # NaN on a row masked whole
+
+    layer = lm.Layer(lambda k, s: (s["scores"], ()), apply, "MaskedSoftmax")
+    shapes = {"scores": (8, 2), "mask": (8, 2)}  # rows of two: a whole row would be common
+    testing.check_layer(layer, shapes, input_dtype={"scores": jnp.float32, "mask": jnp.bool_})
+    masks = np.concatenate([np.asarray(m).reshape(-1, 2) for m in seen
+                            if not isinstance(m, jax.core.Tracer)])
+    assert masks.dtype == np.bool_ and masks.any(1).mean() > 0.3  # masks something
+    assert not masks.all(1).any()  # and never a whole row
+
+
+def _wrong_grad_of_x():
+    @jax.custom_vjp
+    def scale(x, t):
+        return x * t
+
+    scale.defvjp(lambda x, t: (x * t, t), lambda t, g: (2 * g * t, None))  # twice the truth
+    return lm.Layer(lambda k, s: (s[0], ()), lambda p, x, *, key=None: scale(x[0], x[1][:, None]),
+                    "WrongGrad")
+
+
+def test_float_inputs_are_differentiated_while_integer_ones_are_held():
+    times = lm.Layer(lambda k, s: (s[0], ()),
+                     lambda p, x, *, key=None: x[0] * x[1][:, None].astype(x[0].dtype), "Times")
+    testing.check_layer(times, ((3, 2), (3,)), input_dtype=(jnp.float32, jnp.int32), int_high=5)
+    with pytest.raises(testing.LayerCheckError, match=r"WrongGrad fails check_layer's 'gradient' "
+                                                      r"check.*with respect to input differ"):
+        testing.check_layer(_wrong_grad_of_x(), ((3, 2), (3,)),
+                            input_dtype=(jnp.float32, jnp.float32))
+
+
+def test_a_timestep_model_checks_with_an_image_and_integer_timesteps():
+    model = lm.serial(
+        lm.parallel(lm.serial(lm.Select(0), lm.Conv(4, 3, padding=1)),
+                    lm.serial(lm.Select(1), lm.Timesteps(4), lm.Dense(4), lm.Reshape((4, 1, 1)))),
+        lm.Add())
+    testing.check_layer(model, ((2, 5, 5), ()), input_dtype=(jnp.float32, jnp.int32),
+                        int_high=1000)
+
+
+@pytest.mark.parametrize("input_dtype, pattern", [
+    ({"x": jnp.float32}, r"input_dtype must be a float or integer dtype such as jnp\.float32 or "
+                         r"jnp\.int32, or a tuple or dict of them \(bool too, for masks\) shaped "
+                         r"like input_shape: input_dtype has keys \['x'\], input_shape "
+                         r"\['x', 'mask'\]"),
+    ((jnp.float32,), r"shaped like input_shape, got \(<class 'jax.numpy.float32'>,\)$"),
+    ({"x": jnp.float32, "mask": "words"}, r"shaped like input_shape, got 'words' in \{"),
+])
+def test_input_dtypes_not_shaped_like_the_input_are_refused(input_dtype, pattern):
+    layer = lm.Layer(lambda k, s: (s["x"], ()), lambda p, x, *, key=None: x["x"], "First")
+    with pytest.raises(TypeError, match=r"check_layer: .*" + pattern):
+        testing.check_layer(layer, {"x": (3,), "mask": (3,)}, input_dtype=input_dtype)
+
+
 def test_parametrize_ids_and_values():
     cases = [(lm.Dense(3, act="relu"), (4,)), (lm.Concat(), ((3,), (5,))), (lm.Identity(), ())]
     mark = testing.parametrize(cases)

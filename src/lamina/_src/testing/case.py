@@ -66,7 +66,7 @@ class Case(NamedTuple):
     xs: Any  # `batch` examples
     y: Any  # apply(params, x)
     key: jax.Array  # for stochastic apply
-    input_dtype: np.dtype  # of every input leaf
+    input_dtype: Any  # a dtype per input leaf, in a tree shaped like the input
     rtol: float
     atol: float
     stateful: Optional[Layer] = None  # the layer with state that `layer` views

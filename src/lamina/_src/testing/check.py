@@ -91,9 +91,9 @@ def check_layer(
       ... too): if anything runs in float32 (a float32 output, a cast, or
       `jax.nn.dot_product_attention`, whose softmax stays float32), the
       step is 1e-3 and the tolerance 1e-2; if anything runs in 16 bits,
-      only existence and finiteness are checked. For integer input there
-      is no gradient with respect to the input: only params are checked.
-      Inference mode (`key=None`).
+      only existence and finiteness are checked. Integer and bool inputs
+      have no gradient: they are held, and only params and float inputs
+      are checked. Inference mode (`key=None`).
     - `dtype`: the output (every leaf) has dtype `dtype`.
     - `state` (layers with state only), in order: inference (`train=False`)
       returns the state unchanged, bit for bit, same tree and dtypes;
@@ -112,7 +112,10 @@ def check_layer(
 
     Float inputs are standard normal, drawn in float32 from `key` and cast
     to `input_dtype`; integer inputs are uniform in `[0, int_high)`, so by
-    default 0 or 1 (ids valid for any embedding table of 2 or more rows).
+    default 0 or 1 (ids valid for any embedding table of 2 or more rows);
+    bool inputs (masks, torch's sense: True leaves a position out) are True
+    with probability 1/2, except one random position of every row of their
+    last axis, which is False, so that no query loses every key.
     Any exception raised inside a check fails that check, chained with
     `from`. Calls `chex.clear_trace_counter()`.
 
@@ -129,12 +132,17 @@ def check_layer(
         16-bit outputs at least 1e-2 is used.
       atol: absolute tolerance, likewise.
       dtype: the expected output dtype; `None` means `input_dtype` for a
-        float input and float32 for an integer input. Pass e.g.
+        float input (the promoted dtype of the float inputs, for several)
+        and float32 where no input is float. Pass e.g.
         `jnp.bfloat16` for `lm.Dense(4, dtype=jnp.bfloat16)`.
       grad_eps: finite-difference step for the float64 gradient check.
       input_dtype: dtype of every input array: a float dtype, or an integer
-        dtype such as `jnp.int32` for a layer taking token ids. Canonicalized
-        like JAX does (int64 is int32 unless x64 is on).
+        dtype such as `jnp.int32` for a layer taking token ids. For several
+        inputs, a tuple or dict of dtypes shaped like `input_shape` gives
+        each its own, bool included (e.g. `{"src": jnp.float32, "src_mask":
+        jnp.bool_}`, or `(jnp.float32, jnp.int32)` for an image and a
+        diffusion timestep); only float inputs are differentiated.
+        Canonicalized like JAX does (int64 is int32 unless x64 is on).
       int_high: integer inputs are drawn from `[0, int_high)`; set it to
         the vocabulary size to draw every id an embedding table holds.
         Unused for float input.
@@ -169,10 +177,11 @@ def check_layer(
     check_key("check_layer", key)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise layer_error("check_layer", f"batch must be an int >= 1, got {batch!r}", TypeError)
-    input_dtype = _as_input_dtype(input_dtype)
+    input_dtype = _as_input_dtype(input_dtype, input_shape)
     _check_int_high(int_high, input_dtype)
     if dtype is None:
-        dtype = input_dtype if jnp.issubdtype(input_dtype, jnp.floating) else jnp.float32
+        floats = [d for d in jax.tree.leaves(input_dtype) if jnp.issubdtype(d, jnp.floating)]
+        dtype = jnp.result_type(*floats) if floats else jnp.float32
     # Inputs come from NumPy, seeded by the key: a jax.random draw would
     # compile once per input shape, and a property test draws many shapes.
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
@@ -427,36 +436,70 @@ def _as_input_shape(input_shape: Any) -> Any:
         TypeError,
     )
 
-def _as_input_dtype(input_dtype: Any) -> np.dtype:
+def _as_input_dtype(input_dtype: Any, input_shape: Any) -> Any:
+    """One canonical dtype per input leaf, in a tree shaped like `input_shape`."""
+    tree = isinstance(input_dtype, (tuple, list, dict))
     expected = "input_dtype must be a float or integer dtype such as jnp.float32 or jnp.int32"
-    try:
-        dtype = None if input_dtype is None else jnp.dtype(input_dtype)
-    except TypeError:
-        dtype = None
-    if dtype is None or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-        raise layer_error("check_layer", f"{expected}, got {input_dtype!r}", TypeError)
-    return jax.dtypes.canonicalize_dtype(dtype)
+    if tree:
+        expected += ", or a tuple or dict of them (bool too, for masks) shaped like input_shape"
 
-def _check_int_high(int_high: Any, input_dtype: np.dtype) -> None:
+    def like(dtype: Any, shape: Any) -> Any:
+        if isinstance(shape, dict) and not isinstance(dtype, (tuple, list)):
+            if isinstance(dtype, dict) and list(dtype) != list(shape):
+                raise layer_error("check_layer", f"{expected}: input_dtype has keys "
+                                                 f"{list(dtype)}, input_shape {list(shape)}",
+                                  TypeError)
+            return {k: like(dtype[k] if isinstance(dtype, dict) else dtype, s)
+                    for k, s in shape.items()}
+        if not is_shape(shape) and not isinstance(shape, dict) and not isinstance(dtype, dict):
+            if isinstance(dtype, (tuple, list)) and len(dtype) != len(shape):
+                raise layer_error("check_layer", f"{expected}: input_dtype has {len(dtype)} "
+                                                 f"entries, input_shape {len(shape)}", TypeError)
+            return tuple(like(dtype[i] if isinstance(dtype, (tuple, list)) else dtype, s)
+                         for i, s in enumerate(shape))
+        try:
+            one = None if dtype is None or isinstance(dtype, (tuple, list, dict)) else (
+                jnp.dtype(dtype))
+        except TypeError:
+            one = None
+        if one is None or not (jnp.issubdtype(one, jnp.floating)
+                               or jnp.issubdtype(one, jnp.integer) or (tree and one == np.bool_)):
+            raise layer_error("check_layer", f"{expected}, got {dtype!r}"
+                                             + (f" in {input_dtype!r}" if dtype is not input_dtype else ""),
+                              TypeError)
+        return jax.dtypes.canonicalize_dtype(one)
+
+    return like(input_dtype, input_shape)
+
+def _check_int_high(int_high: Any, input_dtype: Any) -> None:
     if isinstance(int_high, bool) or not isinstance(int_high, (int, np.integer)):
         raise layer_error("check_layer", f"int_high must be an int, got {int_high!r}", TypeError)
     if int_high < 1:
         raise layer_error("check_layer", f"int_high must be >= 1, got {int_high}", ValueError)
-    if jnp.issubdtype(input_dtype, jnp.integer) and int_high - 1 > jnp.iinfo(input_dtype).max:
-        raise layer_error(
-            "check_layer",
-            f"int_high must be at most {jnp.iinfo(input_dtype).max + 1} for input_dtype "
-            f"{input_dtype} (ids are drawn from [0, int_high)), got {int_high}",
-            ValueError,
-        )
+    for dtype in jax.tree.leaves(input_dtype):
+        if jnp.issubdtype(dtype, jnp.integer) and int_high - 1 > jnp.iinfo(dtype).max:
+            raise layer_error(
+                "check_layer",
+                f"int_high must be at most {jnp.iinfo(dtype).max + 1} for input_dtype "
+                f"{dtype} (ids are drawn from [0, int_high)), got {int_high}",
+                ValueError,
+            )
 
-def _random_input(rng: np.random.Generator, shape: Any, dtype: np.dtype, int_high: int,
+def _random_input(rng: np.random.Generator, shape: Any, dtype: Any, int_high: int,
                   batch: Optional[int] = None) -> Any:
     if isinstance(shape, dict):
-        return {k: _random_input(rng, s, dtype, int_high, batch) for k, s in shape.items()}
+        return {k: _random_input(rng, s, dtype[k], int_high, batch) for k, s in shape.items()}
     if not is_shape(shape):
-        return tuple(_random_input(rng, s, dtype, int_high, batch) for s in shape)
+        return tuple(_random_input(rng, s, d, int_high, batch) for s, d in zip(shape, dtype))
     size = (() if batch is None else (batch,)) + tuple(shape)
+    if dtype == np.bool_:
+        # torch's masks: True leaves a position out. One random position of
+        # every last-axis row stays False, so no query loses every key (NaN).
+        mask = rng.random(size) < 0.5
+        if size and size[-1]:
+            keep = rng.integers(0, size[-1], size[:-1])[..., None]
+            np.put_along_axis(mask, keep, False, axis=-1)
+        return jax.device_put(mask)
     if jnp.issubdtype(dtype, jnp.integer):
         return jax.device_put(rng.integers(0, int_high, size, dtype=dtype))
     return jax.device_put(rng.standard_normal(size, np.float32).astype(dtype))

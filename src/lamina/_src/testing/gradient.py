@@ -22,20 +22,22 @@ from lamina._src.testing.state import inference_view
 
 def check_gradient(case: Case, rng: np.random.Generator, eps: float, x2: Any) -> None:
     name = case.layer.name
-    # Integer input (token ids) has no gradient: only params are free then.
-    which = (0, 1) if jnp.issubdtype(case.input_dtype, jnp.floating) else (0,)
-    labels = [("params", "input")[i] for i in which]
     with enable_x64(True):
         apply64, floats, x = _in_float64(case)
+        # Integer and bool inputs (token ids, masks) have no gradient: they
+        # are held, and only the float leaves of the input are free.
+        x_floats, x_held, join = _split_floats(x)
+        which = (0, 1) if x_floats else (0,)
+        labels = [("params", "input")[i] for i in which]
 
         # Jitted: check_grads calls f and its vjp several times at one shape,
         # and one compiled program takes a third of the time of dispatching
         # its float64 primitives one by one (eager).
         @jax.jit
-        def f(float_params, x):  # flat, so tuple outputs (parallel) work too
-            return ravel_pytree(apply64(float_params, x))[0]
+        def f(float_params, x_floats, x_held):  # flat, so tuple outputs (parallel) work too
+            return ravel_pytree(apply64(float_params, join(x_floats, x_held)))[0]
 
-        args = (floats, x)
+        args = (floats, x_floats, x_held)
         if not jax.tree.leaves([args[i] for i in which]):
             return  # nothing to differentiate: integer input, no float params
         with checking("gradient", name, "differentiating apply with jax.vjp"):
@@ -64,7 +66,7 @@ def check_gradient(case: Case, rng: np.random.Generator, eps: float, x2: Any) ->
                 raise
             # A kink (relu's at 0) straddled by the step does not repeat at
             # another input; a wrong derivative does.
-            args = (floats, as_float64(x2))
+            args = (floats, *_split_floats(as_float64(x2))[:2])
             with checking("gradient", name, doing,
                            f"reverse-mode gradients with respect to {_culprit(check, args, which)} "
                            f"differ from finite differences (step {step}, tolerance {tol}) "
@@ -81,6 +83,18 @@ def _holding(f, args, which):
         return f(*full)
 
     return g
+
+def _split_floats(x: Any) -> tuple[list, list, Any]:
+    """`(float leaves, other leaves, join)` of an input; `join(floats, others)` rebuilds it."""
+    leaves, treedef = jax.tree.flatten(x)
+    is_float = [jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves]
+
+    def join(floats: list, others: list) -> Any:
+        parts = iter(floats), iter(others)
+        return jax.tree.unflatten(treedef, [next(parts[0] if f else parts[1]) for f in is_float])
+
+    return ([leaf for leaf, f in zip(leaves, is_float) if f],
+            [leaf for leaf, f in zip(leaves, is_float) if not f], join)
 
 def _culprit(check, args, which) -> str:
     """Which of params and input has the wrong gradient, for the message."""
