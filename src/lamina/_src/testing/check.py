@@ -437,37 +437,47 @@ def _as_input_shape(input_shape: Any) -> Any:
     )
 
 def _as_input_dtype(input_dtype: Any, input_shape: Any) -> Any:
-    """One canonical dtype per input leaf, in a tree shaped like `input_shape`."""
+    """One canonical dtype per input leaf, in a tree shaped like `input_shape`.
+
+    One dtype serves every input; a tuple or dict of them (bool allowed,
+    for masks) must have `input_shape`'s structure, a dtype in it serving
+    the whole subtree it stands for.
+    """
     tree = isinstance(input_dtype, (tuple, list, dict))
     expected = "input_dtype must be a float or integer dtype such as jnp.float32 or jnp.int32"
     if tree:
         expected += ", or a tuple or dict of them (bool too, for masks) shaped like input_shape"
 
-    def like(dtype: Any, shape: Any) -> Any:
-        if isinstance(shape, dict) and not isinstance(dtype, (tuple, list)):
-            if isinstance(dtype, dict) and list(dtype) != list(shape):
-                raise layer_error("check_layer", f"{expected}: input_dtype has keys "
-                                                 f"{list(dtype)}, input_shape {list(shape)}",
-                                  TypeError)
-            return {k: like(dtype[k] if isinstance(dtype, dict) else dtype, s)
-                    for k, s in shape.items()}
-        if not is_shape(shape) and not isinstance(shape, dict) and not isinstance(dtype, dict):
-            if isinstance(dtype, (tuple, list)) and len(dtype) != len(shape):
-                raise layer_error("check_layer", f"{expected}: input_dtype has {len(dtype)} "
-                                                 f"entries, input_shape {len(shape)}", TypeError)
-            return tuple(like(dtype[i] if isinstance(dtype, (tuple, list)) else dtype, s)
-                         for i, s in enumerate(shape))
+    def refuse(why: str) -> Exception:
+        return layer_error("check_layer", f"{expected}{why}", TypeError)
+
+    def one(dtype: Any) -> np.dtype:
         try:
-            one = None if dtype is None or isinstance(dtype, (tuple, list, dict)) else (
+            got = None if dtype is None or isinstance(dtype, (tuple, list, dict)) else (
                 jnp.dtype(dtype))
         except TypeError:
-            one = None
-        if one is None or not (jnp.issubdtype(one, jnp.floating)
-                               or jnp.issubdtype(one, jnp.integer) or (tree and one == np.bool_)):
-            raise layer_error("check_layer", f"{expected}, got {dtype!r}"
-                                             + (f" in {input_dtype!r}" if dtype is not input_dtype else ""),
-                              TypeError)
-        return jax.dtypes.canonicalize_dtype(one)
+            got = None
+        if got is None or not (jnp.issubdtype(got, jnp.floating) or jnp.issubdtype(got, jnp.integer)
+                               or (tree and got == np.bool_)):
+            raise refuse(f", got {dtype!r}" + (f" in {input_dtype!r}" if dtype is not input_dtype else ""))
+        return jax.dtypes.canonicalize_dtype(got)
+
+    def like(dtype: Any, shape: Any) -> Any:
+        if is_shape(shape):
+            return one(dtype)
+        if isinstance(shape, dict):
+            if isinstance(dtype, dict) and list(dtype) != list(shape):
+                raise refuse(f": input_dtype has keys {list(dtype)}, input_shape {list(shape)}")
+            if isinstance(dtype, (tuple, list)):
+                return one(dtype)  # refused: a tuple where a dict goes
+            return {k: like(dtype[k] if isinstance(dtype, dict) else dtype, s)
+                    for k, s in shape.items()}
+        if isinstance(dtype, (tuple, list)) and len(dtype) != len(shape):
+            raise refuse(f": input_dtype has {len(dtype)} entries, input_shape {len(shape)}")
+        if isinstance(dtype, dict):
+            return one(dtype)  # refused: a dict where a tuple goes
+        return tuple(like(dtype[i] if isinstance(dtype, (tuple, list)) else dtype, s)
+                     for i, s in enumerate(shape))
 
     return like(input_dtype, input_shape)
 

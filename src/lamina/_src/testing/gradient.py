@@ -85,7 +85,7 @@ def _holding(f, args, which):
     return g
 
 def _split_floats(x: Any) -> tuple[list, list, Any]:
-    """`(float leaves, other leaves, join)` of an input; `join(floats, others)` rebuilds it."""
+    """`(float leaves, other leaves, join)` of a tree; `join(floats, others)` rebuilds it."""
     leaves, treedef = jax.tree.flatten(x)
     is_float = [jnp.issubdtype(jnp.result_type(leaf), jnp.floating) for leaf in leaves]
 
@@ -110,18 +110,14 @@ def _culprit(check, args, which) -> str:
 
 def _in_float64(case: Case):
     """`(apply64, float_params, x)`: apply as a function of the float params leaves."""
-    leaves, treedef = jax.tree.flatten(case.params)
-    where = [i for i, leaf in enumerate(leaves) if jnp.issubdtype(jnp.result_type(leaf), jnp.floating)]
+    floats, others, join = _split_floats(case.params)
     # A float32 state would make the layer compute in float32, loosening the check.
     layer = case.layer if case.stateful is None else inference_view(case.stateful, as_float64(case.state))
 
     def apply64(float_leaves, x):
-        full = list(leaves)
-        for i, leaf in zip(where, float_leaves):
-            full[i] = leaf
-        return layer.apply(jax.tree.unflatten(treedef, full), x)
+        return layer.apply(join(float_leaves, others), x)
 
-    return apply64, [as_float64(leaves[i]) for i in where], as_float64(case.x)
+    return apply64, [as_float64(leaf) for leaf in floats], as_float64(case.x)
 
 def _min_compute_bits(closed_jaxpr: Any) -> int:
     """The lowest float precision a jaxpr computes in, sub-jaxprs included.
